@@ -1,0 +1,50 @@
+# maas: `make demo` to see it work, `make test` to check it. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Ray reads this when it starts and when clients connect: token auth, always explicit.
+export RAY_AUTH_MODE := token
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
+
+.PHONY: setup demo up down test test-unit test-integration test-e2e bench clean
+
+# constraints.txt pins every package; torch==2.13.0 there is the CPU build on this machine.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/maas up
+	$(BIN)/maas run deploy.yaml
+
+up: setup
+	$(BIN)/maas up
+
+down: setup
+	$(BIN)/maas down
+
+# Unit and integration tests share one pytest session (one Ray cluster); the e2e test starts
+# and stops its own head with `maas up`/`maas down`, so it runs in a session of its own.
+test: setup
+	$(PYTEST) tests/unit tests/integration
+	$(PYTEST) tests/e2e
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-integration: setup
+	$(PYTEST) tests/integration
+
+test-e2e: setup
+	$(PYTEST) tests/e2e
+
+bench: setup
+	$(BIN)/python bench/export_bench.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache bench/out

@@ -1,0 +1,187 @@
+"""The whole thin path for every model in deploy.yaml: train -> export -> serve -> predict.
+
+    python -m jobs.pipeline deploy.yaml                     # what `maas run deploy.yaml` runs
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m jobs.pipeline deploy.yaml                 # the same, as a Ray job
+
+Each stage prints a line when it starts and when it ends, with its duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+from rich.console import Console
+
+from maas import artifacts
+from maas.cluster import Connection, connect, ensure_auth_mode
+from maas.config import ConfigError, DeployConfig, ModelConfig, load_config
+from maas.data import load_splits
+from maas.export import check_parity, export_onnx
+from maas.models import accuracy
+from maas.oip import InferenceResponse
+from maas.serving import base_url, deploy_model
+from maas.tracking import Tracker
+
+STAGES = 4
+
+
+class PipelineError(Exception):
+    """A stage produced a result that must not be served."""
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    name: str
+    version: int
+    held_out_accuracy: float
+    max_abs_diff: float
+    endpoint: str
+    onnx_path: str
+    mlflow_run_id: str
+    predicted_label: int
+    true_label: int
+
+
+@contextmanager
+def _stage(console: Console, number: int, title: str) -> Iterator[None]:
+    console.print(f"[bold cyan][{number}/{STAGES}][/] {title} ...")
+    started = time.perf_counter()
+    yield
+    console.print(f"[bold cyan][{number}/{STAGES}][/] {title} [green]done[/] "
+                  f"in {time.perf_counter() - started:.1f}s")
+
+
+def _oip_body(row: list[float]) -> dict:
+    return {"id": "smoke", "inputs": [{"name": "input", "shape": [1, len(row)],
+                                       "datatype": "FP32", "data": row}]}
+
+
+def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker,
+              console: Console) -> ModelReport:
+    """Train, export, publish, serve and query one model."""
+    from jobs.train import EpochProgress, run_training
+
+    name = model_cfg.name
+    run_name = f"{name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    splits = load_splits(model_cfg.data)
+    run_id = tracker.start(run_name, params=model_cfg.model_dump(mode="json"),
+                           tags={"maas.model": name, "maas.data_fingerprint": splits.fingerprint()})
+    ok = False
+    try:
+        with _stage(console, 1, f"train {name} ({model_cfg.train.workers} Ray Train workers, "
+                                f"{model_cfg.train.epochs} epochs)"):
+            progress = EpochProgress(name, model_cfg.train.epochs, tracker.uri, run_id)
+            outcome = run_training(model_cfg, cfg.state_path / "train", run_name, [progress])
+            held_out = accuracy(outcome.model, splits.x_test, splits.y_test)
+            tracker.log_metrics(run_id, {"held_out_accuracy": held_out})
+            console.print(f"    held-out accuracy: [bold]{held_out:.4f}[/] on "
+                          f"{len(splits.y_test)} rows")
+
+        with _stage(console, 2, f"export {name} to ONNX and check parity"):
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx_tmp = export_onnx(outcome.model, splits.n_features,
+                                       Path(tmp) / "model.onnx", model_cfg.export)
+                parity = check_parity(outcome.model, onnx_tmp, splits.x_test, splits.y_test)
+                console.print(f"    ONNX Runtime vs torch on {parity.rows} held-out rows: "
+                              f"max abs diff {parity.max_abs_diff:.2e}, "
+                              f"label agreement {parity.label_agreement:.4f}")
+                if not parity.ok(model_cfg.export.parity_atol):
+                    raise PipelineError(
+                        f"{name}: ONNX output differs from torch (max abs diff "
+                        f"{parity.max_abs_diff:.2e} > export.parity_atol "
+                        f"{model_cfg.export.parity_atol:g}, or labels disagree); not serving it")
+                metrics = {"held_out_accuracy": held_out, "onnx_max_abs_diff": parity.max_abs_diff,
+                           "onnx_accuracy": parity.onnx_accuracy}
+                manifest = artifacts.publish(cfg.state_path, name, onnx_tmp, metrics,
+                                             splits.fingerprint(), run_id, outcome.checkpoint_path)
+            tracker.log_metrics(run_id, metrics)
+            _, onnx_path = artifacts.load_manifest(cfg.state_path, name, manifest.version)
+            tracker.log_artifact(run_id, onnx_path)
+            console.print(f"    published {name} version {manifest.version}: {onnx_path}")
+
+        with _stage(console, 3, f"serve {name} version {manifest.version} on Ray Serve"):
+            endpoint = deploy_model(cfg, model_cfg, manifest.version)
+
+        with _stage(console, 4, f"send one held-out row to {endpoint}"):
+            row = splits.x_test[0].tolist()
+            reply = requests.post(endpoint, json=_oip_body(row), timeout=60)
+            if reply.status_code != 200:
+                raise PipelineError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")
+            response = InferenceResponse.model_validate(reply.json())
+            label = next(o for o in response.outputs if o.name == "label").data[0]
+            console.print(f"    predicted label {label}, true label {int(splits.y_test[0])} "
+                          f"(model {response.model_name} version {response.model_version})")
+        ok = True
+        return ModelReport(name=name, version=manifest.version, held_out_accuracy=held_out,
+                           max_abs_diff=parity.max_abs_diff, endpoint=endpoint,
+                           onnx_path=str(onnx_path), mlflow_run_id=run_id,
+                           predicted_label=int(label), true_label=int(splits.y_test[0]))
+    finally:
+        tracker.finish(run_id, ok)
+
+
+def _print_summary(cfg: DeployConfig, connection: Connection, reports: list[ModelReport],
+                   console: Console) -> None:
+    splits_row = {r.name: load_splits(cfg.model(r.name).data).x_test[0].tolist() for r in reports}
+    for report in reports:
+        body = json.dumps(_oip_body(splits_row[report.name]), separators=(",", ":"))
+        console.print(f"\n[bold]{report.name}[/] version {report.version}: held-out accuracy "
+                      f"{report.held_out_accuracy:.4f}")
+        console.print(f"  endpoint:   {report.endpoint}")
+        console.print(f"  health:     {base_url(cfg)}/v2/health/ready")
+        console.print(f"  model file: {report.onnx_path}")
+        console.print(f"  MLflow:     run {report.mlflow_run_id} in {cfg.tracking_uri}")
+        console.print("  try it:", soft_wrap=True)
+        console.print(f"    curl -s -X POST {report.endpoint} -H 'Content-Type: application/json' "
+                      f"-d '{body}'", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"\nRay dashboard: {connection.dashboard_url or 'not running'}")
+    if connection.mode == "embedded":
+        console.print("[yellow]Ray ran embedded in this process: the endpoint stops when it "
+                      "exits. Run `maas up` first to keep serving.[/]")
+
+
+def run_pipeline(cfg: DeployConfig, console: Console | None = None) -> list[ModelReport]:
+    """Run every model of ``cfg`` through all stages on the cluster :func:`connect` picks."""
+    console = console or Console(soft_wrap=True)
+    connection = connect(cfg.cluster)
+    console.print(f"Ray: {connection.mode} cluster at {connection.address}; "
+                  f"state in {cfg.state_path}; MLflow at {cfg.tracking_uri}")
+    tracker = Tracker(cfg)
+    reports = [run_model(cfg, model_cfg, tracker, console) for model_cfg in cfg.models]
+    _print_summary(cfg, connection, reports, console)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="path to deploy.yaml")
+    args = parser.parse_args(argv)
+    ensure_auth_mode()
+    console = Console(soft_wrap=True)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        console.print(str(exc), markup=False, highlight=False, style="red")
+        return 2
+    try:
+        run_pipeline(cfg, console)
+    except PipelineError as exc:
+        console.print(f"pipeline failed: {exc}", markup=False, highlight=False, style="red")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The ``maas`` command line.
+
+    maas validate deploy.yaml      maas up       maas run deploy.yaml
+    maas status                    maas down     maas serve-config deploy.yaml
+
+Heavy libraries (Ray, torch, MLflow) are imported inside the commands that need them, so
+``maas validate`` answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from maas.config import ClusterConfig, ConfigError, DeployConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="maas: train, export and serve models on Ray from one deploy.yaml.")
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigArg = typer.Argument(Path("deploy.yaml"), help="path to deploy.yaml")
+
+
+def _load(path: Path) -> DeployConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(str(exc), markup=False, highlight=False, style="red")
+        raise typer.Exit(2) from None
+
+
+def _cluster_section(path: Path) -> ClusterConfig:
+    """The cluster section of ``path``, or the defaults when there is no such file."""
+    return _load(path).cluster if path.exists() else ClusterConfig()
+
+
+@app.command()
+def validate(config: Path = ConfigArg) -> None:
+    """Check deploy.yaml; print OK or every problem with its key path (exit code 2)."""
+    cfg = _load(config)
+    names = ", ".join(m.name for m in cfg.models)
+    console.print(f"OK: {config} ({len(cfg.models)} model(s): {names})", highlight=False)
+
+
+@app.command()
+def up(config: Path = ConfigArg) -> None:
+    """Start a detached local Ray head (token auth on) with the dashboard and Serve HTTP."""
+    from maas import cluster
+
+    cluster.ensure_auth_mode()
+    cfg = _cluster_section(config)
+    if cluster.head_running():
+        console.print("A Ray head is already running on this machine; `maas status` shows it.")
+        return
+    with console.status("starting Ray head and Serve ..."):
+        try:
+            cluster.up(cfg)
+        except RuntimeError as exc:
+            err.print(str(exc), markup=False, style="red")
+            raise typer.Exit(1) from None
+    console.print(f"Ray head running. Dashboard: http://{cfg.dashboard_host}:{cfg.dashboard_port}")
+    console.print(f"Serve HTTP:  http://{cfg.http_host}:{cfg.http_port}   "
+                  f"Prometheus metrics: port {cfg.metrics_port}")
+    console.print("Token auth is on (token in ~/.ray/auth_token). For `ray job submit` and other "
+                  "Ray clients, first: export RAY_AUTH_MODE=token", highlight=False)
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Ray head and every Ray process of this user on this machine."""
+    from maas import cluster
+
+    cluster.ensure_auth_mode()
+    with console.status("stopping Ray ..."):
+        survivors = cluster.down()
+    if survivors:
+        for pid, cmdline in survivors:
+            err.print(f"still running: pid {pid}: {cmdline}", markup=False)
+        raise typer.Exit(1)
+    console.print("Ray stopped; no Ray processes left.")
+
+
+@app.command()
+def status(config: Path = ConfigArg) -> None:
+    """Show the cluster's nodes, jobs and Serve applications with their URLs."""
+    from maas import cluster
+
+    cluster.ensure_auth_mode()
+    import ray
+
+    cfg = _cluster_section(config)
+    address = cluster.configured_address(cfg) or "auto"
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except ConnectionError:
+        err.print("No Ray cluster is running here; start one with `maas up`.")
+        raise typer.Exit(1) from None
+    dashboard = cluster.dashboard_url()
+    console.print(f"Ray cluster at {ray.get_runtime_context().gcs_address}; "
+                  f"dashboard {dashboard or 'not running'}")
+    _print_nodes(ray.nodes())
+    if dashboard:
+        _print_jobs(dashboard, own_job_id=ray.get_runtime_context().get_job_id())
+        _print_serve(dashboard, cfg)
+    ray.shutdown()
+
+
+def _print_nodes(nodes: list[dict]) -> None:
+    table = Table(title="nodes")
+    for column in ("node", "address", "state", "CPU", "GPU", "memory GiB"):
+        table.add_column(column)
+    for node in nodes:
+        res = node.get("Resources", {})
+        table.add_row(node["NodeID"][:12], node.get("NodeManagerAddress", "?"),
+                      "alive" if node.get("Alive") else "dead", f"{res.get('CPU', 0):g}",
+                      f"{res.get('GPU', 0):g}", f"{res.get('memory', 0) / 2**30:.1f}")
+    console.print(table)
+
+
+def _print_jobs(dashboard: str, own_job_id: str) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    table = Table(title="jobs")
+    for column in ("job", "kind", "status", "entrypoint"):
+        table.add_column(column)
+    for job in JobSubmissionClient(dashboard).list_jobs():
+        if job.job_id == own_job_id:  # this `maas status` connection itself
+            continue
+        table.add_row(job.submission_id or job.job_id or "?", str(job.type.value).lower(),
+                      str(job.status.value), (job.entrypoint or "")[:80])
+    console.print(table)
+
+
+def _print_serve(dashboard: str, cfg: ClusterConfig) -> None:
+    # The serve CLI's own client: the dashboard REST API that `serve status` reads.
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(dashboard).get_serve_details()
+    table = Table(title="Serve applications")
+    for column in ("application", "status", "URL"):
+        table.add_column(column)
+    host = "127.0.0.1" if cfg.http_host == "0.0.0.0" else cfg.http_host
+    port = (details.get("http_options") or {}).get("port", cfg.http_port)
+    for name, app_details in sorted((details.get("applications") or {}).items()):
+        prefix = app_details.get("route_prefix") or ""
+        table.add_row(name, str(app_details.get("status")), f"http://{host}:{port}{prefix}")
+    console.print(table)
+
+
+@app.command()
+def run(config: Path = ConfigArg) -> None:
+    """Train, export, serve and query every model in deploy.yaml (as `python -m jobs.pipeline`)."""
+    from maas.cluster import ensure_auth_mode
+
+    cfg = _load(config)
+    ensure_auth_mode()
+    from jobs.pipeline import PipelineError, run_pipeline
+
+    try:
+        run_pipeline(cfg, console)
+    except PipelineError as exc:
+        err.print(f"pipeline failed: {exc}", markup=False, style="red")
+        raise typer.Exit(1) from None
+
+
+@app.command("serve-config")
+def serve_config(config: Path = ConfigArg,
+                 output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                       help="write here instead of stdout")) -> None:
+    """Print the Ray Serve config (for `serve deploy` and KubeRay's serveConfigV2)."""
+    from maas.serving import serve_config as build
+
+    text = yaml.safe_dump(build(_load(config)), sort_keys=False)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, output)
+        console.print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,166 @@
+"""Connecting to Ray, and the local head that ``maas up`` / ``maas down`` manage.
+
+Which cluster a command uses, in order:
+1. ``RAY_ADDRESS`` from the environment (set by Ray for every submitted job);
+2. ``cluster.address`` from deploy.yaml;
+3. a head already running on this machine (started by ``maas up``);
+4. otherwise an embedded head that lives as long as the calling process.
+
+Token authentication stays on: every process maas starts or connects from gets
+``RAY_AUTH_MODE=token`` unless the caller set a mode explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from maas.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+GCS_PORT = 6379
+AUTH_MODE = "token"
+# Process names and command-line fragments of every Ray process `ray start` launches.
+_RAY_PROCESS_MARKERS = ("gcs_server", "raylet", "ray::", "ray/dashboard", "ray/_private",
+                        "ray/autoscaler", "default_worker.py", "ray_client_server",
+                        "runtime_env/agent", "ray-dashboard")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How this process is attached to Ray."""
+
+    mode: str  # "remote" (an address), "local" (maas up head), "embedded" or "attached"
+    address: str
+    dashboard_url: str | None
+
+
+def ensure_auth_mode() -> None:
+    """Make the auth mode explicit for this process and its children.
+
+    Call it before ``import ray``: Ray reads RAY_AUTH_MODE once, when it is first imported.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", AUTH_MODE)
+
+
+def _ray_bin(name: str) -> str:
+    """The `ray`/`serve` executable of this Python environment, not whatever PATH finds first."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def configured_address(cfg: ClusterConfig) -> str | None:
+    return os.environ.get("RAY_ADDRESS") or cfg.address
+
+
+def connect(cfg: ClusterConfig) -> Connection:
+    """Attach this process to Ray, following the order in the module docstring."""
+    ensure_auth_mode()  # before the first `import ray`: Ray reads the mode when it loads
+    import ray
+
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        return Connection("attached", context.gcs_address, dashboard_url())
+    address = configured_address(cfg)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return Connection("remote", address, dashboard_url())
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        return Connection("local", ray.get_runtime_context().gcs_address, dashboard_url())
+    except ConnectionError:
+        pass
+    ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+             include_dashboard=True, dashboard_host=cfg.dashboard_host,
+             dashboard_port=cfg.dashboard_port, log_to_driver=True)
+    return Connection("embedded", ray.get_runtime_context().gcs_address, dashboard_url())
+
+
+def dashboard_url() -> str | None:
+    # No public API returns the dashboard address after ray.init; this is what ray.init prints.
+    from ray._private.worker import get_dashboard_url
+
+    url = get_dashboard_url()
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def head_running() -> bool:
+    """True when a Ray head started on this machine (e.g. by `maas up`) is reachable."""
+    env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", AUTH_MODE)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import ray; ray.init(address='auto'); ray.shutdown()"],
+        env=env, capture_output=True, timeout=60,
+    )
+    return probe.returncode == 0
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {done.returncode}:\n"
+                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def up(cfg: ClusterConfig) -> None:
+    """Start a detached local Ray head with token auth, the dashboard and Serve's HTTP proxy."""
+    env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", AUTH_MODE)}
+    env.pop("RAY_ADDRESS", None)
+    # Job entrypoints (`python -m jobs.pipeline ...`) run with the head's PATH: put this
+    # environment's interpreter first, so jobs see the packages maas was installed with.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # `ray start` needs a token on disk before it starts with auth on (~/.ray/auth_token).
+    _run([_ray_bin("ray"), "get-auth-token", "--generate"], env)
+    start = [_ray_bin("ray"), "start", "--head", "--port", str(GCS_PORT),
+             "--node-ip-address", "127.0.0.1",
+             "--dashboard-host", cfg.dashboard_host, "--dashboard-port", str(cfg.dashboard_port),
+             "--metrics-export-port", str(cfg.metrics_port), "--disable-usage-stats"]
+    if cfg.num_cpus is not None:
+        start += ["--num-cpus", str(cfg.num_cpus)]
+    if cfg.num_gpus is not None:
+        start += ["--num-gpus", str(cfg.num_gpus)]
+    _run(start, env)
+    _run([_ray_bin("serve"), "start", "--address", f"127.0.0.1:{GCS_PORT}",
+          "--http-host", cfg.http_host, "--http-port", str(cfg.http_port),
+          "--proxy-location", "HeadOnly"], env)
+
+
+def ray_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every Ray process of this user on this machine."""
+    import psutil
+
+    found = []
+    me = psutil.Process()
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "username"]):
+        try:
+            if proc.info["pid"] == me.pid or proc.info["username"] != me.username():
+                continue
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            text = f"{proc.info['name']} {cmdline}"
+            if any(marker in text for marker in _RAY_PROCESS_MARKERS):
+                found.append((proc.info["pid"], cmdline[:200]))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def down(timeout_s: float = 60.0) -> list[tuple[int, str]]:
+    """Stop every Ray process of this user here; return any that survived ``timeout_s``."""
+    env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", AUTH_MODE)}
+    subprocess.run([_ray_bin("ray"), "stop"], env=env, capture_output=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = ray_processes()
+        if not left:
+            return []
+        # Workers that ignore SIGTERM get SIGKILL, as `ray stop --force` does.
+        subprocess.run([_ray_bin("ray"), "stop", "--force"], env=env, capture_output=True)
+        time.sleep(0.5)
+    return ray_processes()

@@ -1,0 +1,144 @@
+"""Open Inference Protocol (v2) REST bodies and the tensor conversion behind them.
+
+Spec: https://github.com/kserve/open-inference-protocol (REST binding, JSON tensors).
+Used by the serve apps (decode requests, encode responses) and by clients and tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+# OIP datatype name -> numpy dtype. BYTES is added with text models.
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+_NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items()}
+
+# ONNX TensorProto element types -> OIP datatypes (the subset numeric models use).
+ONNX_ELEM_TO_DATATYPE = {1: "FP32", 2: "UINT8", 3: "INT8", 5: "INT16", 6: "INT32", 7: "INT64",
+                         9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64"}
+
+
+class InferError(Exception):
+    """A request the server refuses; ``status`` is the HTTP code, the message names the field."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class TensorSpec(BaseModel):
+    """A model input or output as OIP metadata shows it; -1 marks a dynamic axis."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+def decode_input(tensor: RequestInput, spec: TensorSpec, index: int, max_rows: int) -> np.ndarray:
+    """Turn one JSON tensor into a numpy array the model accepts, or raise a 400 naming the field."""
+    field = f"inputs[{index}]"
+    if tensor.datatype != spec.datatype:
+        raise InferError(400, f"{field}.datatype: input {spec.name!r} takes {spec.datatype}, "
+                              f"got {tensor.datatype!r}")
+    if len(tensor.shape) != len(spec.shape):
+        raise InferError(400, f"{field}.shape: input {spec.name!r} has shape {spec.shape} "
+                              f"(-1 = any size), got {tensor.shape}")
+    for axis, (want, got) in enumerate(zip(spec.shape, tensor.shape)):
+        if got < 0 or (want != -1 and want != got):
+            raise InferError(400, f"{field}.shape[{axis}]: input {spec.name!r} has shape "
+                                  f"{spec.shape} (-1 = any size), got {tensor.shape}")
+    if tensor.shape and tensor.shape[0] > max_rows:
+        raise InferError(400, f"{field}.shape[0]: at most {max_rows} rows per request, "
+                              f"got {tensor.shape[0]}; split the batch")
+    dtype = DATATYPES[spec.datatype]
+    try:
+        array = np.asarray(tensor.data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise InferError(400, f"{field}.data: values must be {spec.datatype} numbers "
+                              f"(flat or nested lists)") from None
+    expected = int(np.prod(tensor.shape))
+    if array.size != expected:
+        raise InferError(400, f"{field}.data: shape {tensor.shape} needs {expected} values, "
+                              f"got {array.size}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InferError(400, f"{field}.data: NaN and infinity are not accepted")
+    return array.reshape(tensor.shape)
+
+
+def encode_output(name: str, array: np.ndarray) -> ResponseOutput:
+    """A numpy array as an OIP JSON tensor with flat, row-major data."""
+    datatype = _NUMPY_TO_DATATYPE.get(array.dtype)
+    if datatype is None:
+        raise TypeError(f"output {name!r} has dtype {array.dtype}, which OIP JSON cannot carry")
+    return ResponseOutput(name=name, shape=list(array.shape), datatype=datatype,
+                          data=array.reshape(-1).tolist())

@@ -1,0 +1,1 @@
+"""Ray Serve applications. Each module exposes ``build_app(args) -> Application``."""

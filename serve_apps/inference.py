@@ -1,0 +1,110 @@
+"""One model behind the Open Inference Protocol (v2) REST API, on ONNX Runtime.
+
+Mounted at ``/v2/models/<name>`` by the pipeline (``serve.run``) or by ``serve deploy`` with
+the file from ``maas serve-config deploy.yaml`` (import path ``serve_apps.inference:build_app``).
+
+    POST /v2/models/<name>/infer     GET /v2/models/<name>     GET /v2/models/<name>/ready
+"""
+
+# No `from __future__ import annotations` in serve apps: FastAPI reads the real annotation
+# objects of the route methods to know which parameter is the JSON body.
+import logging
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from maas import artifacts
+from maas.export import ort_session
+from maas.oip import (ErrorBody, InferenceRequest, InferenceResponse, InferError, ModelMetadata,
+                      decode_input, encode_output)
+from serve_apps.http import make_api
+
+log = logging.getLogger("ray.serve")
+
+
+class InferenceArgs(BaseModel):
+    """Typed arguments of this app, as written in the serve config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    state_dir: str = Field(description="the maas state directory; '~' is expanded on the replica")
+    version: int | None = Field(None, description="model version to load; null: the latest at start")
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, gt=0)
+    ort_threads: int = Field(1, ge=1)
+    max_rows: int = Field(1024, ge=1)
+
+
+api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
+ERRORS = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+
+
+@serve.deployment
+@serve.ingress(api)
+class ModelServer:
+    """Loads one verified ONNX model per replica and answers OIP requests."""
+
+    def __init__(self, args: InferenceArgs):
+        state_dir = Path(args.state_dir).expanduser()
+        self.manifest, onnx_path = artifacts.load_manifest(state_dir, args.name, args.version)
+        self.session = ort_session(onnx_path, threads=args.ort_threads)
+        self.max_rows = args.max_rows
+        self.input_specs = {spec.name: spec for spec in self.manifest.inputs}
+        self.output_names = [spec.name for spec in self.manifest.outputs]
+        log.info("loaded model %s version %s from %s (sha256 %s)", args.name,
+                 self.manifest.version, onnx_path, self.manifest.sha256)
+
+    @api.get("/", response_model=ModelMetadata)
+    def metadata(self) -> ModelMetadata:
+        return ModelMetadata(name=self.manifest.name, versions=[str(self.manifest.version)],
+                             platform="onnxruntime_onnx", inputs=self.manifest.inputs,
+                             outputs=self.manifest.outputs)
+
+    @api.get("/ready")
+    def ready(self) -> dict[str, str | bool]:
+        # A replica only receives traffic once __init__ (load + verify) has finished.
+        return {"name": self.manifest.name, "version": str(self.manifest.version), "ready": True}
+
+    # A plain `def`: FastAPI runs it in a worker thread, so ONNX Runtime never blocks the loop.
+    @api.post("/infer", response_model=InferenceResponse, responses=ERRORS)
+    def infer(self, request: InferenceRequest) -> InferenceResponse:
+        feeds = self._decode(request)
+        wanted = [o.name for o in request.outputs] if request.outputs else self.output_names
+        unknown = [name for name in wanted if name not in self.output_names]
+        if unknown:
+            raise InferError(400, f"outputs: unknown output(s) {unknown}; "
+                                  f"this model has {self.output_names}")
+        results = self.session.run(wanted, feeds)
+        return InferenceResponse(
+            model_name=self.manifest.name,
+            model_version=str(self.manifest.version),
+            id=request.id,
+            outputs=[encode_output(name, np.asarray(r)) for name, r in zip(wanted, results)],
+        )
+
+    def _decode(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for index, tensor in enumerate(request.inputs):
+            spec = self.input_specs.get(tensor.name)
+            if spec is None:
+                raise InferError(400, f"inputs[{index}].name: unknown input {tensor.name!r}; "
+                                      f"this model takes {sorted(self.input_specs)}")
+            feeds[tensor.name] = decode_input(tensor, spec, index, self.max_rows)
+        missing = sorted(set(self.input_specs) - set(feeds))
+        if missing:
+            raise InferError(400, f"inputs: missing input(s) {missing}")
+        return feeds
+
+
+def build_app(args: dict) -> Application:
+    """Serve entry point: ``serve_apps.inference:build_app`` with :class:`InferenceArgs`."""
+    parsed = InferenceArgs.model_validate(args)
+    return ModelServer.options(
+        name=f"model-{parsed.name}",
+        num_replicas=parsed.num_replicas,
+        ray_actor_options={"num_cpus": parsed.num_cpus},
+    ).bind(parsed)

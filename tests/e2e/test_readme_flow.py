@@ -1,0 +1,91 @@
+"""The README's commands, run as a user runs them: maas up -> ray job submit -> curl -> maas down.
+
+HOME points at a temporary folder, so the Ray token (~/.ray/auth_token) and the maas state
+(~/.maas) of this run never touch the real home. Needs ports 6379, 8000 and 8265 free.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from maas.cluster import ray_processes
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for_no_ray(timeout_s: float) -> list:
+    deadline = time.monotonic() + timeout_s
+    while (left := ray_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory) -> dict:
+    left = _wait_for_no_ray(30)
+    if left:
+        pytest.fail(f"Ray is already running here ({left[:3]}); run `maas down` first: this "
+                    f"test starts and stops the local head on the default ports")
+    home = tmp_path_factory.mktemp("home")
+    # As after `source .venv/bin/activate` and `export RAY_AUTH_MODE=token` (README).
+    env = os.environ | {"HOME": str(home), "RAY_AUTH_MODE": "token",
+                        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    yield env
+    subprocess.run(["maas", "down"], env=env, cwd=REPO, capture_output=True, timeout=120)
+
+
+def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)} -> {done.returncode}\n{done.stdout[-4000:]}\n" \
+                                 f"{done.stderr[-4000:]}"
+    return done
+
+
+def _readme_curl() -> tuple[str, str]:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"curl -s -X POST (\S+) -H 'Content-Type: application/json' \\\n\s*-d '([^']+)'",
+                      readme)
+    assert match, "README lost its curl example"
+    return match.group(1), match.group(2)
+
+
+def test_up_submit_serve_status_down(user_env):
+    _run(["maas", "up"], user_env, timeout=180)
+    assert (Path(user_env["HOME"]) / ".ray" / "auth_token").is_file()
+    # Token auth is on: a request without the token is refused.
+    assert requests.get("http://127.0.0.1:8265/api/jobs/", timeout=10).status_code == 401
+
+    job = _run(["ray", "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir",
+                ".", "--", "python", "-m", "jobs.pipeline", "deploy.yaml"], user_env, timeout=900)
+    accuracy = float(re.search(r"held-out accuracy: ([0-9.]+)", job.stdout).group(1))
+    assert accuracy >= 0.90
+    assert "succeeded" in job.stdout + job.stderr
+
+    # The README's curl example, verbatim: the first digits image, a 0.
+    url, body = _readme_curl()
+    reply = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model_name"] == "digits"
+    label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
+    assert label["data"] == [0]
+    assert (Path(user_env["HOME"]) / ".maas" / "models" / "digits" / "1" / "model.onnx").is_file()
+
+    status = _run(["maas", "status"], user_env, timeout=120).stdout
+    assert "model-digits" in status and "RUNNING" in status
+    assert "http://127.0.0.1:8000/v2/models/digits" in status
+    assert "SUCCEEDED" in status
+
+    down = _run(["maas", "down"], user_env, timeout=180)
+    assert "no Ray processes left" in down.stdout
+    assert ray_processes() == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://127.0.0.1:8000/v2/health/ready", timeout=5)

@@ -1,0 +1,43 @@
+"""One local Ray cluster (2 CPUs, like the CI machine) and one Serve instance per test session."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from maas.config import DeployConfig, parse_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> int:
+    """A local Ray cluster and Serve on a free port; both are shut down after the session."""
+    import ray
+    from ray import serve
+
+    # address="local": a private cluster, even when `maas up` runs one on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    port = _free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deploy_cfg(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> DeployConfig:
+    """The shipped model settings with fewer epochs, private state and the session's port."""
+    state: Path = tmp_path_factory.mktemp("maas-state")
+    return parse_config({
+        "state_dir": str(state),
+        "cluster": {"http_port": serve_port},
+        "models": [{
+            "name": "digits",
+            "train": {"workers": 2, "epochs": 8, "batch_size": 32, "lr": 0.002},
+        }],
+    }, source="integration")

@@ -1,0 +1,143 @@
+"""train -> export -> serve -> infer on a real local Ray cluster, then the served API itself."""
+
+import numpy as np
+import pytest
+import requests
+
+from maas import artifacts
+from maas.data import load_splits
+from maas.export import ort_session
+from maas.serving import deploy_model, model_app_name
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def report(deploy_cfg):
+    """One full pipeline run; its Serve apps are deleted when this module's tests are done."""
+    from ray import serve
+
+    from jobs.pipeline import run_pipeline
+
+    (result,) = run_pipeline(deploy_cfg)
+    yield result
+    serve.delete(model_app_name("digits"))
+    serve.delete("maas")
+
+
+@pytest.fixture(scope="module")
+def base(deploy_cfg) -> str:
+    return f"http://127.0.0.1:{deploy_cfg.cluster.http_port}"
+
+
+@pytest.fixture(scope="module")
+def splits(deploy_cfg):
+    return load_splits(deploy_cfg.models[0].data)
+
+
+def _infer_body(rows: np.ndarray) -> dict:
+    return {"id": "t-1", "inputs": [{"name": "input", "shape": list(rows.shape),
+                                     "datatype": "FP32", "data": rows.tolist()}]}
+
+
+def test_pipeline_trains_exports_and_serves(report, deploy_cfg):
+    assert report.held_out_accuracy >= 0.90
+    assert report.max_abs_diff <= deploy_cfg.models[0].export.parity_atol
+    assert report.version == 1
+    assert report.endpoint == (f"http://127.0.0.1:{deploy_cfg.cluster.http_port}"
+                               f"/v2/models/digits/infer")
+    assert 0 <= report.predicted_label <= 9
+
+
+def test_served_predictions_equal_local_onnx_runtime(report, base, splits):
+    rows = splits.x_test[:64]
+    reply = requests.post(f"{base}/v2/models/digits/infer", json=_infer_body(rows), timeout=30)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model_name"] == "digits" and body["model_version"] == "1" and body["id"] == "t-1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["probabilities"]["shape"] == [64, 10]
+    served_labels = np.array(outputs["label"]["data"])
+    local_probs, local_labels = ort_session(report.onnx_path).run(None, {"input": rows})
+    np.testing.assert_array_equal(served_labels, local_labels)
+    np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(64, 10),
+                               local_probs, atol=1e-6)
+    assert (served_labels == splits.y_test[:64]).mean() >= 0.9
+
+
+def test_output_selection_returns_only_what_was_asked(report, base, splits):
+    body = _infer_body(splits.x_test[:2]) | {"outputs": [{"name": "label"}]}
+    reply = requests.post(f"{base}/v2/models/digits/infer", json=body, timeout=30)
+    assert reply.status_code == 200
+    assert [o["name"] for o in reply.json()["outputs"]] == ["label"]
+
+
+def test_health_and_metadata(report, base):
+    ready = requests.get(f"{base}/v2/health/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert requests.get(f"{base}/v2/health/live", timeout=10).json() == {"live": True}
+    server = requests.get(f"{base}/v2", timeout=10)
+    assert server.status_code == 200 and server.json()["name"] == "maas"
+    meta = requests.get(f"{base}/v2/models/digits", timeout=10)
+    assert meta.status_code == 200
+    assert meta.json()["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert requests.get(f"{base}/v2/models/digits/ready", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+     400, "inputs[0].shape[1]"),
+    ({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]},
+     400, "inputs[0].name: unknown input 'pixels'"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT8", "data": [0] * 64}]},
+     400, "inputs[0].datatype"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]},
+     400, "inputs[0].data: Field required"),
+    ({"inputs": []}, 400, "inputs: List should have at least 1 item"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}],
+      "outputs": [{"name": "logits"}]}, 400, "outputs: unknown output(s) ['logits']"),
+])
+def test_bad_requests_get_400_naming_the_field(report, base, body, status, fragment):
+    reply = requests.post(f"{base}/v2/models/digits/infer", json=body, timeout=10)
+    assert reply.status_code == status, reply.text
+    assert fragment in reply.json()["error"]
+
+
+def test_non_json_body_is_a_400(report, base):
+    reply = requests.post(f"{base}/v2/models/digits/infer", data=b"{not json",
+                          headers={"Content-Type": "application/json"}, timeout=10)
+    assert reply.status_code == 400 and "not valid JSON" in reply.json()["error"]
+
+
+def test_unknown_model_is_a_404(report, base):
+    reply = requests.post(f"{base}/v2/models/nope/infer", json={}, timeout=10)
+    assert reply.status_code == 404
+    assert "unknown model 'nope'" in reply.json()["error"] and "digits" in reply.json()["error"]
+
+
+def test_mlflow_run_records_params_and_every_epoch(report, deploy_cfg):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=deploy_cfg.tracking_uri)
+    run = client.get_run(report.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.workers"] == "2"
+    assert run.data.metrics["held_out_accuracy"] == pytest.approx(report.held_out_accuracy)
+    history = client.get_metric_history(report.mlflow_run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(deploy_cfg.models[0].train.epochs))
+    artifact_names = [a.path for a in client.list_artifacts(report.mlflow_run_id)]
+    assert "model.onnx" in artifact_names
+
+
+def test_deploying_a_new_version_switches_what_is_served(report, deploy_cfg, base, splits):
+    from pathlib import Path
+
+    model_cfg = deploy_cfg.models[0]
+    manifest = artifacts.publish(deploy_cfg.state_path, "digits", Path(report.onnx_path),
+                                 {"held_out_accuracy": report.held_out_accuracy}, "fp", None, "-")
+    assert manifest.version == 2
+    deploy_model(deploy_cfg, model_cfg, manifest.version)
+    reply = requests.post(f"{base}/v2/models/digits/infer", json=_infer_body(splits.x_test[:1]),
+                          timeout=30)
+    assert reply.status_code == 200 and reply.json()["model_version"] == "2"
+    assert requests.get(f"{base}/v2/models/digits", timeout=10).json()["versions"] == ["2"]

@@ -1,0 +1,113 @@
+"""deploy.yaml schema: the shipped file is valid, and every mistake is named by its key path."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from maas.cli import app
+from maas.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.unit
+
+
+def test_shipped_deploy_yaml_is_valid():
+    cfg = load_config(REPO / "deploy.yaml")
+    assert [m.name for m in cfg.models] == ["digits"]
+    assert cfg.models[0].train.workers == 2
+    assert cfg.tracking_uri.startswith("sqlite:///")
+    assert cfg.tracking_uri.endswith("/mlflow.db")
+
+
+def test_defaults_fill_every_section():
+    cfg = parse_config({"models": [{"name": "m"}]})
+    assert cfg.cluster.http_port == 8000
+    assert cfg.models[0].serve.num_replicas == 1
+    assert cfg.models[0].data.source == "sklearn:digits"
+
+
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        ({"models": [{"name": "m", "trian": {}}]},
+         "models[0].trian: unknown key; allowed keys here: name, data, model, train"),
+        ({"models": [{"name": "m", "train": {"epochs": "many"}}]},
+         "models[0].train.epochs: must be a valid integer"),
+        ({"models": [{"name": "m", "serve": {"num_replicas": 0}}]},
+         "models[0].serve.num_replicas: must be greater than or equal to 1, got 0"),
+        ({"models": [{"name": "m", "model": {"kind": "transformer"}}]},
+         "models[0].model.kind: must be 'mlp', got 'transformer'"),
+        ({"models": [{"name": "Digits Model"}]}, "models[0].name: must be 1-63 lowercase"),
+        ({"models": [{"name": "m", "model": {"hidden": [64, 0]}}]},
+         "models[0].model.hidden: every hidden width must be >= 1"),
+        ({"models": []}, "models: List should have at least 1 item"),
+        ({"clusterr": {}, "models": [{"name": "m"}]}, "clusterr: unknown key"),
+        ({"cluster": {"http_port": 70000}, "models": [{"name": "m"}]},
+         "cluster.http_port: must be less than or equal to 65535, got 70000"),
+        ({}, "models: required key is missing"),
+        ([1, 2], "(top level): expected a mapping"),
+        ({"models": [{"name": "m"}, {"name": "m"}]}, "name 'm' appears twice"),
+    ],
+)
+def test_each_mistake_names_its_key_path(doc, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert any(expected in problem for problem in info.value.problems), info.value.problems
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_three_mistakes_are_all_reported(tmp_path):
+    doc = yaml.safe_load((REPO / "deploy.yaml").read_text())
+    doc["models"][0]["train"]["learning_rate"] = 0.1     # unknown key
+    doc["models"][0]["train"]["batch_size"] = "large"    # wrong type
+    doc["models"][0]["data"]["test_fraction"] = 1.5      # out of range
+    path = _write(tmp_path, yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 3, text
+    assert "models[0].train.learning_rate: unknown key" in text
+    assert "models[0].train.batch_size: must be a valid integer" in text and "'large'" in text
+    assert "models[0].data.test_fraction: must be less than 0.9, got 1.5" in text
+
+
+def test_maas_validate_exit_codes(tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(REPO / "deploy.yaml")])
+    assert ok.exit_code == 0 and "OK" in ok.output
+
+    bad = _write(tmp_path, "models:\n  - name: m\n    trian: {}\n    train:\n      epochs: x\n"
+                           "    serve:\n      num_replicas: -1\n")
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    for path in ("models[0].trian", "models[0].train.epochs", "models[0].serve.num_replicas"):
+        assert path in result.output
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("models: [\n", "not valid YAML at line"),
+    ("", "(top level): expected a mapping"),
+])
+def test_unparseable_files(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert expected in info.value.problems[0]
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_state_dir_expands_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = parse_config({"models": [{"name": "m"}]})
+    assert cfg.state_path == tmp_path / ".maas"
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path / '.maas' / 'mlflow.db'}"

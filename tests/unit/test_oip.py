@@ -1,0 +1,51 @@
+"""Decoding Open Inference Protocol JSON tensors: good input becomes arrays, bad input a 400."""
+
+import numpy as np
+import pytest
+
+from maas.oip import InferError, RequestInput, TensorSpec, decode_input, encode_output
+
+pytestmark = pytest.mark.unit
+SPEC = TensorSpec(name="input", datatype="FP32", shape=[-1, 4])
+
+
+def _tensor(**overrides) -> RequestInput:
+    body = {"name": "input", "shape": [2, 4], "datatype": "FP32", "data": list(range(8))}
+    body.update(overrides)
+    return RequestInput.model_validate(body)
+
+
+def test_flat_and_nested_data_decode_to_the_same_array():
+    flat = decode_input(_tensor(), SPEC, 0, max_rows=10)
+    nested = decode_input(_tensor(data=[[0, 1, 2, 3], [4, 5, 6, 7]]), SPEC, 0, max_rows=10)
+    assert flat.dtype == np.float32 and flat.shape == (2, 4)
+    np.testing.assert_array_equal(flat, nested)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"datatype": "FP64"}, "inputs[0].datatype: input 'input' takes FP32, got 'FP64'"),
+    ({"shape": [8]}, "inputs[0].shape: input 'input' has shape [-1, 4]"),
+    ({"shape": [2, 5]}, "inputs[0].shape[1]"),
+    ({"shape": [-2, 4]}, "inputs[0].shape[0]"),
+    ({"shape": [11, 4], "data": [0.0] * 44}, "at most 10 rows per request, got 11"),
+    ({"data": [1, 2, 3]}, "inputs[0].data: shape [2, 4] needs 8 values, got 3"),
+    ({"data": ["a"] * 8}, "inputs[0].data: values must be FP32 numbers"),
+    ({"data": [[0, 1, 2], [3, 4, 5, 6, 7]]}, "inputs[0].data: values must be FP32 numbers"),
+    ({"data": [float("nan")] + [0.0] * 7}, "NaN and infinity are not accepted"),
+    ({"data": [float("inf")] + [0.0] * 7}, "NaN and infinity are not accepted"),
+])
+def test_bad_tensors_are_refused_with_the_field_named(overrides, message):
+    with pytest.raises(InferError) as info:
+        decode_input(_tensor(**overrides), SPEC, 0, max_rows=10)
+    assert info.value.status == 400
+    assert message in info.value.message
+
+
+def test_encode_output_is_flat_row_major():
+    out = encode_output("label", np.array([[1, 2], [3, 4]], dtype=np.int64))
+    assert out.datatype == "INT64" and out.shape == [2, 2] and out.data == [1, 2, 3, 4]
+
+
+def test_encode_output_rejects_dtypes_json_cannot_carry():
+    with pytest.raises(TypeError, match="OIP JSON cannot carry"):
+        encode_output("x", np.array(["a"], dtype=object))
