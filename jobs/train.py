@@ -120,6 +120,7 @@ class EpochProgress(ray.train.UserCallback):
         self.epochs = epochs
         self.tracking_uri = tracking_uri
         self.mlflow_run_id = mlflow_run_id
+        self._client = None  # created in the controller process, on the first report
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: ray.train.Checkpoint | None) -> None:
@@ -133,9 +134,10 @@ class EpochProgress(ray.train.UserCallback):
             f"{rank0['samples_per_s']:.0f} samples/s",
             flush=True,
         )
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
         for key in ("train_loss", "val_accuracy", "samples_per_s"):
-            client.log_metric(self.mlflow_run_id, key, float(rank0[key]), step=epoch)
+            self._client.log_metric(self.mlflow_run_id, key, float(rank0[key]), step=epoch)
 
 
 def run_training(model_cfg: ModelConfig, storage_path: Path, run_name: str,
