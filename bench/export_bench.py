@@ -24,15 +24,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results import update_section  # noqa: E402  (bench/results.py, beside this script)
+
 from maas.config import load_config  # noqa: E402
 from maas.data import load_splits  # noqa: E402
 from maas.export import export_onnx, ort_session  # noqa: E402
-from maas.models import Classifier, build_model  # noqa: E402
+from maas.models import Classifier, model_for  # noqa: E402
 
 BATCHES = (1, 64)
 CALLS = 2000
 WARMUP = 200
-SECTION = "## ONNX export: torch eager vs ONNX Runtime"
+SECTION = "ONNX export: torch eager vs ONNX Runtime"
 
 
 def _percentiles(fn, x: np.ndarray) -> dict[str, float]:
@@ -49,8 +51,8 @@ def _percentiles(fn, x: np.ndarray) -> dict[str, float]:
 def run(config_path: Path) -> dict:
     torch.set_num_threads(1)
     model_cfg = load_config(config_path).models[0]
-    splits = load_splits(model_cfg.data)
-    model = build_model(model_cfg.model, splits.x_train, splits.n_classes).eval()
+    splits = load_splits(model_cfg.data, model_cfg.train.task, config_path.parent)
+    model = model_for(model_cfg.model, splits).eval()
     wrapped = Classifier(model).eval()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, splits.n_features, Path(tmp) / "m.onnx", model_cfg.export)
@@ -94,9 +96,8 @@ def _plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _update_results(report: dict, results_md: Path) -> None:
-    lines = [SECTION, "",
-             "Command: `.venv/bin/python bench/export_bench.py deploy.yaml` (or `make bench`)",
+def _result_lines(report: dict) -> list[str]:
+    lines = ["Command: `.venv/bin/python bench/export_bench.py deploy.yaml` (or `make bench`)",
              f"Machine: {report['machine']}; torch {report['torch']}; {report['calls']} calls "
              f"per cell after warm-up; 1 thread each.", "",
              "| batch | torch p50 µs | torch p99 µs | ORT p50 µs | ORT p99 µs | torch / ORT (p50) |",
@@ -105,15 +106,7 @@ def _update_results(report: dict, results_md: Path) -> None:
         lines.append(f"| {r['batch']} | {r['torch']['p50_us']:.1f} | {r['torch']['p99_us']:.1f} | "
                      f"{r['onnxruntime']['p50_us']:.1f} | {r['onnxruntime']['p99_us']:.1f} | "
                      f"{r['p50_ratio_torch_over_ort']:.2f}x |")
-    section = "\n".join(lines) + "\n"
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n\n"
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results_md.write_text(text)
+    return lines
 
 
 def main() -> None:
@@ -123,7 +116,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "export_bench.json").write_text(json.dumps(report, indent=2))
     _plot(report, out / "export_bench.png")
-    _update_results(report, REPO / "bench" / "RESULTS.md")
+    update_section(SECTION, _result_lines(report))
     for r in report["results"]:
         print(f"batch {r['batch']:>3}: torch p50 {r['torch']['p50_us']:8.1f} us   "
               f"ORT p50 {r['onnxruntime']['p50_us']:8.1f} us   "

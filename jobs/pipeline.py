@@ -3,6 +3,7 @@
     python -m jobs.pipeline deploy.yaml                     # what `maas run deploy.yaml` runs
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m jobs.pipeline deploy.yaml                 # the same, as a Ray job
+    python -m jobs.pipeline deploy.yaml --run-name nightly  # resumable by that name
 
 Each stage prints a line when it starts and when it ends, with its duration.
 """
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import requests
 from rich.console import Console
@@ -26,9 +28,8 @@ from rich.console import Console
 from maas import artifacts
 from maas.cluster import Connection, connect, ensure_auth_mode
 from maas.config import ConfigError, DeployConfig, ModelConfig, load_config
-from maas.data import load_splits
+from maas.data import DataError, Splits, load_splits
 from maas.export import check_parity, export_onnx
-from maas.models import accuracy
 from maas.oip import InferenceResponse
 from maas.serving import base_url, deploy_model
 from maas.tracking import Tracker
@@ -44,13 +45,18 @@ class PipelineError(Exception):
 class ModelReport:
     name: str
     version: int
-    held_out_accuracy: float
+    run_name: str
+    held_out: dict[str, float]  # held_out_accuracy (classes) or held_out_rmse, held_out_loss
     max_abs_diff: float
     endpoint: str
     onnx_path: str
     mlflow_run_id: str
-    predicted_label: int
-    true_label: int
+    example_row: list[float]
+    served_answer: Any  # the first value of the last output: the label for classifiers
+
+    @property
+    def held_out_accuracy(self) -> float | None:
+        return self.held_out.get("held_out_accuracy")
 
 
 @contextmanager
@@ -67,45 +73,62 @@ def _oip_body(row: list[float]) -> dict:
                                        "datatype": "FP32", "data": row}]}
 
 
-def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker,
-              console: Console) -> ModelReport:
+def _held_out(outcome_model: Any, splits: Splits) -> dict[str, float]:
+    from jobs.train import evaluate
+
+    scores = evaluate(outcome_model, splits.x_test, splits.y_test, splits.task)
+    if splits.task == "classification":
+        return {"held_out_accuracy": scores["accuracy"], "held_out_loss": scores["loss"]}
+    return {"held_out_rmse": scores["loss"] ** 0.5, "held_out_loss": scores["loss"]}
+
+
+def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, console: Console,
+              run_suffix: str, base_dir: Path) -> ModelReport:
     """Train, export, publish, serve and query one model."""
     from jobs.train import EpochProgress, run_training
 
     name = model_cfg.name
-    run_name = f"{name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    splits = load_splits(model_cfg.data)
+    run_name = f"{name}-{run_suffix}"
+    splits = load_splits(model_cfg.data, model_cfg.train.task, base_dir)
+    console.print(f"    data {model_cfg.data.source}: {len(splits.y_train)} train, "
+                  f"{len(splits.y_val)} validation, {len(splits.y_test)} held-out rows, "
+                  f"{splits.n_features} features, {splits.n_outputs} outputs", highlight=False)
     run_id = tracker.start(run_name, params=model_cfg.model_dump(mode="json"),
                            tags={"maas.model": name, "maas.data_fingerprint": splits.fingerprint()})
     ok = False
     try:
-        with _stage(console, 1, f"train {name} ({model_cfg.train.workers} Ray Train workers, "
+        with _stage(console, 1, f"train {name} as Ray Train run {run_name} "
+                                f"({model_cfg.train.workers} workers, up to "
                                 f"{model_cfg.train.epochs} epochs)"):
             progress = EpochProgress(name, model_cfg.train.epochs, tracker.uri, run_id)
-            outcome = run_training(model_cfg, cfg.state_path / "train", run_name, [progress])
-            held_out = accuracy(outcome.model, splits.x_test, splits.y_test)
-            tracker.log_metrics(run_id, {"held_out_accuracy": held_out})
-            console.print(f"    held-out accuracy: [bold]{held_out:.4f}[/] on "
-                          f"{len(splits.y_test)} rows")
+            outcome = run_training(model_cfg, splits, cfg.state_path / "train", run_name,
+                                   [progress])
+            held_out = _held_out(outcome.model, splits)
+            tracker.log_metrics(run_id, held_out)
+            tracker.log_training_curve(run_id, f"{name} ({run_name})")
+            shown = ", ".join(f"{k.removeprefix('held_out_')} {v:.4f}" for k, v in held_out.items())
+            console.print(f"    held-out {shown} on {len(splits.y_test)} rows",
+                          highlight=False)
 
         with _stage(console, 2, f"export {name} to ONNX and check parity"):
             with tempfile.TemporaryDirectory() as tmp:
                 onnx_tmp = export_onnx(outcome.model, splits.n_features,
-                                       Path(tmp) / "model.onnx", model_cfg.export)
-                parity = check_parity(outcome.model, onnx_tmp, splits.x_test, splits.y_test)
+                                       Path(tmp) / "model.onnx", model_cfg.export, splits.task)
+                parity = check_parity(outcome.model, onnx_tmp, splits.x_test, splits.y_test,
+                                      splits.task)
+                agreement = ("" if parity.label_agreement is None
+                             else f", label agreement {parity.label_agreement:.4f}")
                 console.print(f"    ONNX Runtime vs torch on {parity.rows} held-out rows: "
-                              f"max abs diff {parity.max_abs_diff:.2e}, "
-                              f"label agreement {parity.label_agreement:.4f}")
+                              f"max abs diff {parity.max_abs_diff:.2e}{agreement}")
                 if not parity.ok(model_cfg.export.parity_atol):
                     raise PipelineError(
                         f"{name}: ONNX output differs from torch (max abs diff "
                         f"{parity.max_abs_diff:.2e} > export.parity_atol "
                         f"{model_cfg.export.parity_atol:g}, or labels disagree); not serving it")
-                metrics = {"held_out_accuracy": held_out, "onnx_max_abs_diff": parity.max_abs_diff,
-                           "onnx_accuracy": parity.onnx_accuracy}
+                metrics = held_out | {"onnx_max_abs_diff": parity.max_abs_diff}
                 manifest = artifacts.publish(cfg.state_path, name, onnx_tmp, metrics,
                                              splits.fingerprint(), run_id, outcome.checkpoint_path)
-            tracker.log_metrics(run_id, metrics)
+            tracker.log_metrics(run_id, {"onnx_max_abs_diff": parity.max_abs_diff})
             _, onnx_path = artifacts.load_manifest(cfg.state_path, name, manifest.version)
             tracker.log_artifact(run_id, onnx_path)
             console.print(f"    published {name} version {manifest.version}: {onnx_path}")
@@ -119,46 +142,59 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker,
             if reply.status_code != 200:
                 raise PipelineError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")
             response = InferenceResponse.model_validate(reply.json())
-            label = next(o for o in response.outputs if o.name == "label").data[0]
-            console.print(f"    predicted label {label}, true label {int(splits.y_test[0])} "
-                          f"(model {response.model_name} version {response.model_version})")
+            answer = response.outputs[-1]
+            console.print(f"    {answer.name} {answer.data[:4]}, true value "
+                          f"{splits.y_test[0].tolist()} (model {response.model_name} "
+                          f"version {response.model_version})", highlight=False)
         ok = True
-        return ModelReport(name=name, version=manifest.version, held_out_accuracy=held_out,
-                           max_abs_diff=parity.max_abs_diff, endpoint=endpoint,
-                           onnx_path=str(onnx_path), mlflow_run_id=run_id,
-                           predicted_label=int(label), true_label=int(splits.y_test[0]))
+        return ModelReport(name=name, version=manifest.version, run_name=run_name,
+                           held_out=held_out, max_abs_diff=parity.max_abs_diff,
+                           endpoint=endpoint, onnx_path=str(onnx_path), mlflow_run_id=run_id,
+                           example_row=row, served_answer=answer.data[0])
     finally:
         tracker.finish(run_id, ok)
 
 
 def _print_summary(cfg: DeployConfig, connection: Connection, reports: list[ModelReport],
                    console: Console) -> None:
-    splits_row = {r.name: load_splits(cfg.model(r.name).data).x_test[0].tolist() for r in reports}
     for report in reports:
-        body = json.dumps(_oip_body(splits_row[report.name]), separators=(",", ":"))
-        console.print(f"\n[bold]{report.name}[/] version {report.version}: held-out accuracy "
-                      f"{report.held_out_accuracy:.4f}")
+        body = json.dumps(_oip_body(report.example_row), separators=(",", ":"))
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in report.held_out.items())
+        console.print(f"\n[bold]{report.name}[/] version {report.version}: {shown}")
         console.print(f"  endpoint:   {report.endpoint}")
         console.print(f"  health:     {base_url(cfg)}/v2/health/ready")
         console.print(f"  model file: {report.onnx_path}")
         console.print(f"  MLflow:     run {report.mlflow_run_id} in {cfg.tracking_uri}")
-        console.print("  try it:", soft_wrap=True)
+        console.print(f"  resume:     --run-name {report.run_name.removeprefix(report.name + '-')}")
+        console.print("  try it:")
         console.print(f"    curl -s -X POST {report.endpoint} -H 'Content-Type: application/json' "
-                      f"-d '{body}'", soft_wrap=True, markup=False, highlight=False)
+                      f"-d '{body}'", markup=False, highlight=False)
     console.print(f"\nRay dashboard: {connection.dashboard_url or 'not running'}")
     if connection.mode == "embedded":
         console.print("[yellow]Ray ran embedded in this process: the endpoint stops when it "
                       "exits. Run `maas up` first to keep serving.[/]")
 
 
-def run_pipeline(cfg: DeployConfig, console: Console | None = None) -> list[ModelReport]:
-    """Run every model of ``cfg`` through all stages on the cluster :func:`connect` picks."""
+def new_run_suffix() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def run_pipeline(cfg: DeployConfig, console: Console | None = None, run_name: str | None = None,
+                 base_dir: Path | None = None) -> list[ModelReport]:
+    """Run every model of ``cfg`` through all stages on the cluster :func:`connect` picks.
+
+    Each model trains as Ray Train run ``<model>-<run_name>`` (default: a UTC timestamp); the
+    same ``run_name`` as an interrupted run resumes it from its last checkpoint. ``base_dir``
+    resolves relative data paths (the directory of deploy.yaml).
+    """
     console = console or Console(soft_wrap=True)
     connection = connect(cfg.cluster)
     console.print(f"Ray: {connection.mode} cluster at {connection.address}; "
                   f"state in {cfg.state_path}; MLflow at {cfg.tracking_uri}")
     tracker = Tracker(cfg)
-    reports = [run_model(cfg, model_cfg, tracker, console) for model_cfg in cfg.models]
+    suffix = run_name or new_run_suffix()
+    reports = [run_model(cfg, model_cfg, tracker, console, suffix, base_dir or Path.cwd())
+               for model_cfg in cfg.models]
     _print_summary(cfg, connection, reports, console)
     return reports
 
@@ -167,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="path to deploy.yaml")
+    parser.add_argument("--run-name", default=None,
+                        help="name this run; an interrupted run of the same name resumes")
     args = parser.parse_args(argv)
     ensure_auth_mode()
     console = Console(soft_wrap=True)
@@ -176,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(str(exc), markup=False, highlight=False, style="red")
         return 2
     try:
-        run_pipeline(cfg, console)
-    except PipelineError as exc:
+        run_pipeline(cfg, console, args.run_name, Path(args.config).resolve().parent)
+    except (PipelineError, DataError) as exc:
         console.print(f"pipeline failed: {exc}", markup=False, highlight=False, style="red")
         return 1
     return 0

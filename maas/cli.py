@@ -155,17 +155,21 @@ def _print_serve(dashboard: str, cfg: ClusterConfig) -> None:
 
 
 @app.command()
-def run(config: Path = ConfigArg) -> None:
+def run(config: Path = ConfigArg,
+        run_name: Optional[str] = typer.Option(
+            None, "--run-name", help="name this run; an interrupted run of this name resumes")
+        ) -> None:
     """Train, export, serve and query every model in deploy.yaml (as `python -m jobs.pipeline`)."""
     from maas.cluster import ensure_auth_mode
 
     cfg = _load(config)
     ensure_auth_mode()
     from jobs.pipeline import PipelineError, run_pipeline
+    from maas.data import DataError
 
     try:
-        run_pipeline(cfg, console)
-    except PipelineError as exc:
+        run_pipeline(cfg, console, run_name, config.resolve().parent)
+    except (PipelineError, DataError) as exc:
         err.print(f"pipeline failed: {exc}", markup=False, style="red")
         raise typer.Exit(1) from None
 

@@ -1,7 +1,8 @@
-"""Export a trained classifier to ONNX and prove ONNX Runtime computes what torch computes.
+"""Export a trained model to ONNX and prove ONNX Runtime computes what torch computes.
 
-The graph has one input ``input`` (FP32, [-1, n_features]) and two outputs: ``probabilities``
-(FP32, [-1, n_classes]) and ``label`` (INT64, [-1]). The batch axis is dynamic.
+The graph has one input ``input`` (FP32, [-1, n_features]). A classifier has two outputs,
+``probabilities`` (FP32, [-1, n_classes]) and ``label`` (INT64, [-1]); a regressor has one,
+``prediction`` (FP32). The batch axis is dynamic.
 """
 
 from __future__ import annotations
@@ -21,7 +22,26 @@ from maas.models import Classifier
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
-OUTPUT_NAMES = ("probabilities", "label")
+CLASSIFIER_OUTPUTS = ("probabilities", "label")
+REGRESSOR_OUTPUTS = ("prediction",)
+
+
+class Regressor(nn.Module):
+    """The exported form of a regression network: its output, named ``prediction``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def serving_form(model: nn.Module, task: str) -> tuple[nn.Module, tuple[str, ...]]:
+    """The module that is exported and served for ``task``, and its output names."""
+    if task == "classification":
+        return Classifier(model).eval(), CLASSIFIER_OUTPUTS
+    return Regressor(model).eval(), REGRESSOR_OUTPUTS
 
 
 @dataclass(frozen=True)
@@ -30,18 +50,19 @@ class ParityReport:
 
     rows: int
     max_abs_diff: float
-    label_agreement: float
-    onnx_accuracy: float
+    label_agreement: float | None  # classifiers only
+    onnx_accuracy: float | None  # classifiers only
 
     def ok(self, atol: float) -> bool:
-        return self.max_abs_diff <= atol and self.label_agreement == 1.0
+        return self.max_abs_diff <= atol and self.label_agreement in (None, 1.0)
 
 
-def export_onnx(model: nn.Module, n_features: int, path: Path, cfg: ExportConfig) -> Path:
-    """Write ``Classifier(model)`` as ONNX to ``path`` (one self-contained file) and check it."""
+def export_onnx(model: nn.Module, n_features: int, path: Path, cfg: ExportConfig,
+                task: str = "classification") -> Path:
+    """Write the serving form of ``model`` as ONNX to ``path`` (one file) and check it."""
     import onnx
 
-    wrapped = Classifier(model).eval()
+    wrapped, output_names = serving_form(model, task)
     example = (torch.zeros(2, n_features, dtype=torch.float32),)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The exporter warns about optional torchvision ops that this graph never uses.
@@ -56,7 +77,7 @@ def export_onnx(model: nn.Module, n_features: int, path: Path, cfg: ExportConfig
                 example,
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(output_names),
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                 opset_version=cfg.opset,
                 external_data=False,
@@ -81,14 +102,19 @@ def ort_session(path: Path, threads: int = 1):
 
 
 @torch.no_grad()
-def check_parity(model: nn.Module, onnx_path: Path, x: np.ndarray, y: np.ndarray) -> ParityReport:
-    """Run torch and ONNX Runtime on the same held-out rows and compare outputs."""
-    wrapped = Classifier(model).eval()
-    torch_probs, torch_labels = (t.numpy() for t in wrapped(torch.from_numpy(x)))
-    ort_probs, ort_labels = ort_session(onnx_path).run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+def check_parity(model: nn.Module, onnx_path: Path, x: np.ndarray, y: np.ndarray,
+                 task: str = "classification") -> ParityReport:
+    """Run torch and ONNX Runtime on the same held-out rows and compare every output."""
+    wrapped, output_names = serving_form(model, task)
+    torch_out = wrapped(torch.from_numpy(x))
+    torch_out = [t.numpy() for t in (torch_out if isinstance(torch_out, tuple) else (torch_out,))]
+    ort_out = ort_session(onnx_path).run(list(output_names), {INPUT_NAME: x})
+    float_diffs = [np.max(np.abs(t - o)) for t, o in zip(torch_out, ort_out) if t.dtype.kind == "f"]
+    if task != "classification":
+        return ParityReport(len(x), float(max(float_diffs)), None, None)
     return ParityReport(
         rows=len(x),
-        max_abs_diff=float(np.max(np.abs(torch_probs - ort_probs))),
-        label_agreement=float(np.mean(torch_labels == ort_labels)),
-        onnx_accuracy=float(np.mean(ort_labels == y)),
+        max_abs_diff=float(max(float_diffs)),
+        label_agreement=float(np.mean(torch_out[1] == ort_out[1])),
+        onnx_accuracy=float(np.mean(ort_out[1] == y)),
     )

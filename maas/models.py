@@ -6,11 +6,14 @@ raw features (digits pixels 0..16) and a client never has to know the training s
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from maas.config import ModelArchConfig
+from maas.data import DataError
 
 
 class Standardize(nn.Module):
@@ -20,8 +23,9 @@ class Standardize(nn.Module):
         super().__init__()
         # Constant pixels (std 0) would divide by zero; 1.0 leaves them centred at 0.
         safe_std = np.where(std > 1e-6, std, 1.0)
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("inv_std", torch.as_tensor(1.0 / safe_std, dtype=torch.float32))
+        # torch.tensor copies: the arrays may be read-only views from Ray's object store.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("inv_std", torch.tensor(1.0 / safe_std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) * self.inv_std
@@ -45,6 +49,40 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class CNN(nn.Module):
+    """Standardize -> reshape to (C, H, W) -> [3x3 conv -> ReLU] per channel count, a 2x2
+    max-pool after the second conv (when the image is large enough) -> dense head.
+
+    The input stays a flat row, so serving a CNN looks exactly like serving an MLP.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], n_outputs: int, channels: list[int],
+                 hidden: list[int], dropout: float, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.standardize = Standardize(mean, std)
+        self.image_shape = tuple(image_shape)
+        c, h, w = self.image_shape
+        convs: list[nn.Module] = []
+        for index, out_channels in enumerate(channels):
+            convs += [nn.Conv2d(c, out_channels, kernel_size=3, padding=1), nn.ReLU()]
+            c = out_channels
+            if index == 1 and h >= 4 and w >= 4:
+                convs.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+        self.features = nn.Sequential(*convs)
+        head: list[nn.Module] = [nn.Flatten()]
+        width = c * h * w
+        for size in hidden:
+            head += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        head.append(nn.Linear(width, n_outputs))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.standardize(x).reshape(-1, *self.image_shape)
+        return self.head(self.features(x))
+
+
 class Classifier(nn.Module):
     """What gets exported and served: probabilities and the predicted label, not raw logits."""
 
@@ -57,18 +95,27 @@ class Classifier(nn.Module):
         return probabilities, torch.argmax(probabilities, dim=-1)
 
 
-def build_model(arch: ModelArchConfig, x_train: np.ndarray, n_classes: int) -> nn.Module:
-    """A fresh, untrained network for ``arch``, sized and standardised from ``x_train``."""
+def build_model(arch: ModelArchConfig, n_features: int, n_outputs: int, mean: np.ndarray,
+                std: np.ndarray, image_shape: tuple[int, int, int] | None = None) -> nn.Module:
+    """A fresh, untrained network for ``arch``; ``mean``/``std`` are the training statistics."""
     if arch.kind == "mlp":
-        return MLP(
-            n_features=int(x_train.shape[1]),
-            n_classes=n_classes,
-            hidden=list(arch.hidden),
-            dropout=arch.dropout,
-            mean=x_train.mean(axis=0),
-            std=x_train.std(axis=0),
-        )
-    raise ValueError(f"model.kind: unknown kind {arch.kind!r}; supported: 'mlp'")
+        return MLP(n_features=n_features, n_classes=n_outputs, hidden=list(arch.hidden),
+                   dropout=arch.dropout, mean=mean, std=std)
+    shape = tuple(arch.image_shape) if arch.image_shape else image_shape
+    if shape is None:
+        raise DataError("model.image_shape: a cnn needs [channels, height, width]; this data "
+                         "has flat rows, so set model.image_shape")
+    if int(np.prod(shape)) != n_features:
+        raise DataError(f"model.image_shape: {list(shape)} holds {int(np.prod(shape))} values "
+                         f"but each row has {n_features} features")
+    return CNN(image_shape=shape, n_outputs=n_outputs, channels=list(arch.channels),
+               hidden=list(arch.hidden), dropout=arch.dropout, mean=mean, std=std)
+
+
+def model_for(arch: ModelArchConfig, splits: Any) -> nn.Module:
+    """:func:`build_model` sized and standardised from a :class:`maas.data.Splits`."""
+    return build_model(arch, splits.n_features, splits.n_outputs, splits.x_train.mean(axis=0),
+                       splits.x_train.std(axis=0), splits.image_shape)
 
 
 @torch.no_grad()

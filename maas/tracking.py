@@ -1,11 +1,20 @@
-"""MLflow tracking for pipeline runs (SQLite under state_dir unless tracking.uri says otherwise)."""
+"""MLflow tracking for pipeline runs (SQLite under state_dir unless tracking.uri says otherwise).
+
+One MLflow run per model per pipeline run, tagged with its run name: re-running with the same
+run name (to resume an interrupted training) continues the same MLflow run.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from maas.config import DeployConfig
+
+RUN_NAME_TAG = "maas.run_name"
+CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -17,7 +26,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 
 
 class Tracker:
-    """One MLflow run per model per pipeline run, written through an explicit client."""
+    """Writes runs through an explicit MLflow client (no global MLflow state)."""
 
     def __init__(self, cfg: DeployConfig):
         from mlflow.tracking import MlflowClient
@@ -35,13 +44,26 @@ class Tracker:
             self.experiment_id = experiment.experiment_id
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """The run tagged ``run_name`` if one exists (a resume), else a new one with ``params``."""
         from mlflow.entities import Param
 
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        existing = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+            max_results=1)
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags=tags | {RUN_NAME_TAG: run_name})
         flat: dict[str, str] = {}
         _flatten("", params, flat)
         self.client.log_batch(run.info.run_id,
                               params=[Param(k, v[:6000]) for k, v in sorted(flat.items())])
+        with tempfile.TemporaryDirectory() as tmp:
+            resolved = Path(tmp) / "config.json"
+            resolved.write_text(json.dumps(params, indent=2))
+            self.client.log_artifact(run.info.run_id, str(resolved))
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
@@ -50,6 +72,33 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path) -> None:
         self.client.log_artifact(run_id, str(path))
+
+    def log_training_curve(self, run_id: str, title: str) -> None:
+        """Plot the per-epoch loss and accuracy histories and attach ``training_curve.png``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        histories = {key: sorted(self.client.get_metric_history(run_id, key),
+                                 key=lambda m: m.step) for key in CURVE_METRICS}
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for key, points in histories.items():
+            if points:
+                axis = loss_ax if key.endswith("loss") else acc_ax
+                axis.plot([p.step + 1 for p in points], [p.value for p in points], label=key)
+        for axis, label in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            axis.set_xlabel("epoch")
+            axis.set_ylabel(label)
+            if axis.lines:
+                axis.legend()
+        fig.suptitle(title)
+        fig.tight_layout()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "training_curve.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            self.client.log_artifact(run_id, str(path))
 
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")

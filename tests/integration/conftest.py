@@ -20,8 +20,10 @@ def serve_port() -> int:
     import ray
     from ray import serve
 
-    # address="local": a private cluster, even when `maas up` runs one on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    # address="local": a private cluster, even when `maas up` runs one on this machine. The
+    # dashboard serves Ray's state API, which the fault tests use to find worker processes.
+    ray.init(address="local", num_cpus=2, include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=_free_port())
     port = _free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     yield port

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.unit
 
 def test_shipped_deploy_yaml_is_valid():
     cfg = load_config(REPO / "deploy.yaml")
-    assert [m.name for m in cfg.models] == ["digits"]
+    assert [m.name for m in cfg.models] == ["digits", "digits-cnn"]
+    assert [m.model.kind for m in cfg.models] == ["mlp", "cnn"]
     assert cfg.models[0].train.workers == 2
     assert cfg.tracking_uri.startswith("sqlite:///")
     assert cfg.tracking_uri.endswith("/mlflow.db")
@@ -38,7 +39,7 @@ def test_defaults_fill_every_section():
         ({"models": [{"name": "m", "serve": {"num_replicas": 0}}]},
          "models[0].serve.num_replicas: must be greater than or equal to 1, got 0"),
         ({"models": [{"name": "m", "model": {"kind": "transformer"}}]},
-         "models[0].model.kind: must be 'mlp', got 'transformer'"),
+         "models[0].model.kind: must be 'mlp' or 'cnn', got 'transformer'"),
         ({"models": [{"name": "Digits Model"}]}, "models[0].name: must be 1-63 lowercase"),
         ({"models": [{"name": "m", "model": {"hidden": [64, 0]}}]},
          "models[0].model.hidden: every hidden width must be >= 1"),

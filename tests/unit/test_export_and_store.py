@@ -11,7 +11,7 @@ from maas import artifacts
 from maas.config import DataConfig, ExportConfig, ModelArchConfig
 from maas.data import load_splits
 from maas.export import check_parity, export_onnx, ort_session
-from maas.models import build_model
+from maas.models import model_for
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +24,7 @@ def splits():
 @pytest.fixture(scope="module")
 def exported(splits, tmp_path_factory):
     torch.manual_seed(0)
-    model = build_model(ModelArchConfig(hidden=[32]), splits.x_train, splits.n_classes).eval()
+    model = model_for(ModelArchConfig(hidden=[32]), splits).eval()
     path = export_onnx(model, splits.n_features, tmp_path_factory.mktemp("onnx") / "m.onnx",
                        ExportConfig())
     return model, path

@@ -31,9 +31,9 @@ def test_generated_serve_config_passes_rays_own_schema():
     generated = serve_config(load_config(REPO / "deploy.yaml"))
     schema = ServeDeploySchema.model_validate(generated)
     names = [a.name for a in schema.applications]
-    assert names == ["maas", "model-digits"]
+    assert names == ["maas", "model-digits", "model-digits-cnn"]
     prefixes = [a.route_prefix for a in schema.applications]
-    assert prefixes == ["/v2", "/v2/models/digits"]
+    assert prefixes == ["/v2", "/v2/models/digits", "/v2/models/digits-cnn"]
 
 
 def test_rayservice_serve_config_is_exactly_maas_serve_config():

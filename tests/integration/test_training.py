@@ -1,0 +1,116 @@
+"""Ray Train under faults: a killed worker and a killed driver both resume from a checkpoint.
+
+Workers are found through Ray's state API and killed by PID, as a real crash would end them.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.train import run_training
+from maas.config import parse_config
+from maas.data import load_splits
+from maas.models import accuracy
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+MLP = {"name": "digits", "train": {"workers": 2, "epochs": 14, "batch_size": 32, "lr": 0.002,
+                                   "checkpoint_every": 1, "max_failures": 2}}
+
+
+def _latest_checkpoint_epoch(run_dir: Path) -> int:
+    """The highest epoch among the checkpoints Ray Train has persisted for this run."""
+    import json
+
+    epochs = [json.loads(m.read_text())["epoch"] for m in run_dir.glob("checkpoint_*/metrics.json")]
+    return max(epochs, default=-1)
+
+
+def _wait_for_checkpoint(run_dir: Path, epoch: int, timeout_s: float,
+                         alive: "callable[[], bool]") -> None:
+    deadline = time.monotonic() + timeout_s
+    while _latest_checkpoint_epoch(run_dir) < epoch:
+        assert alive(), "training ended before the checkpoint the test waits for"
+        assert time.monotonic() < deadline, f"no checkpoint of epoch >= {epoch} in {timeout_s}s"
+        time.sleep(0.2)
+
+
+def _train_worker_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors]
+
+
+def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(serve_port, tmp_path):
+    cfg = parse_config({"state_dir": str(tmp_path), "models": [MLP]})
+    model_cfg = cfg.models[0]
+    splits = load_splits(model_cfg.data)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_training(
+        model_cfg, splits, tmp_path / "train", "kill-worker", [])))
+    runner.start()
+    # Epoch 3 on disk means Ray Train has registered epoch >= 1: a file can land on storage
+    # a moment before the controller records it as the checkpoint to resume from.
+    _wait_for_checkpoint(tmp_path / "train" / "kill-worker", 3, 180, runner.is_alive)
+
+    pids = _train_worker_pids()
+    assert len(pids) == 2
+    os.kill(pids[1], signal.SIGKILL)
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+
+    result = outcome["result"]
+    assert result.metrics["epoch"] == model_cfg.train.epochs - 1
+    assert result.metrics["restored_from_epoch"] >= 1  # resumed, not restarted from scratch
+    assert accuracy(result.model, splits.x_test, splits.y_test) >= 0.95
+
+
+def test_killed_driver_resumes_by_run_name(serve_port, tmp_path):
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import serve
+
+    from jobs.pipeline import run_pipeline
+
+    doc = {"state_dir": str(tmp_path), "cluster": {"http_port": serve_port}, "models": [MLP]}
+    config = tmp_path / "deploy.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+                        "RAY_AUTH_MODE": "token"}
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "jobs.pipeline", str(config),
+                                   "--run-name", "nightly"], cwd=REPO, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    run_dir = tmp_path / "train" / "digits-nightly"
+    try:
+        _wait_for_checkpoint(run_dir, 3, 240, lambda: driver.poll() is None)
+    finally:
+        driver.kill()  # the driver dies mid-training, as on a lost laptop or a killed job
+        driver.wait(timeout=30)
+    interrupted_at = _latest_checkpoint_epoch(run_dir)
+    assert interrupted_at < MLP["train"]["epochs"] - 1, log_path.read_text()[-3000:]
+
+    cfg = parse_config(doc)
+    (report,) = run_pipeline(cfg, run_name="nightly")
+    try:
+        assert report.run_name == "digits-nightly"
+        assert report.held_out_accuracy >= 0.95
+        client = MlflowClient(tracking_uri=cfg.tracking_uri)
+        run = client.get_run(report.mlflow_run_id)
+        assert run.data.tags["maas.run_name"] == "digits-nightly"  # the same MLflow run, continued
+        restored = [m.value for m in client.get_metric_history(report.mlflow_run_id,
+                                                               "restored_from_epoch")]
+        assert max(restored) >= 1 and max(restored) <= interrupted_at
+        assert run.info.status == "FINISHED"
+    finally:
+        serve.delete("model-digits")
+        serve.delete("maas")
