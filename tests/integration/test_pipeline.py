@@ -126,8 +126,12 @@ def test_mlflow_run_records_params_and_every_epoch(report, deploy_cfg):
     assert run.data.metrics["held_out_accuracy"] == pytest.approx(report.held_out_accuracy)
     history = client.get_metric_history(report.mlflow_run_id, "val_accuracy")
     assert sorted(m.step for m in history) == list(range(deploy_cfg.models[0].train.epochs))
-    artifact_names = [a.path for a in client.list_artifacts(report.mlflow_run_id)]
-    assert "model.onnx" in artifact_names
+    losses = client.get_metric_history(report.mlflow_run_id, "train_loss")
+    assert len(losses) == deploy_cfg.models[0].train.epochs
+    assert losses[-1].value < losses[0].value
+    assert run.data.tags["maas.data_fingerprint"]
+    artifact_names = {a.path for a in client.list_artifacts(report.mlflow_run_id)}
+    assert {"model.onnx", "training_curve.png", "config.json"} <= artifact_names
 
 
 def test_deploying_a_new_version_switches_what_is_served(report, deploy_cfg, base, splits):
