@@ -29,7 +29,7 @@ from maas import artifacts
 from maas.cluster import Connection, connect, ensure_auth_mode
 from maas.config import ConfigError, DeployConfig, ModelConfig, load_config
 from maas.data import DataError, Splits, load_splits
-from maas.export import check_parity, export_onnx
+from maas.export import ParityReport, check_parity, export_onnx
 from maas.oip import InferenceResponse
 from maas.serving import base_url, deploy_model
 from maas.tracking import Tracker
@@ -82,6 +82,45 @@ def _held_out(outcome_model: Any, splits: Splits) -> dict[str, float]:
     return {"held_out_rmse": scores["loss"] ** 0.5, "held_out_loss": scores["loss"]}
 
 
+def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, splits: Splits,
+                        run_id: str, checkpoint: str, held_out: dict[str, float],
+                        console: Console) -> tuple[artifacts.ModelManifest, Path, ParityReport]:
+    """Export to ONNX, refuse it unless ONNX Runtime matches torch, publish it to the store."""
+    name = model_cfg.name
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_tmp = export_onnx(model, splits.n_features, Path(tmp) / "model.onnx",
+                               model_cfg.export, splits.task)
+        parity = check_parity(model, onnx_tmp, splits.x_test, splits.y_test, splits.task)
+        agreement = ("" if parity.label_agreement is None
+                     else f", label agreement {parity.label_agreement:.4f}")
+        console.print(f"    ONNX Runtime vs torch on {parity.rows} held-out rows: "
+                      f"max abs diff {parity.max_abs_diff:.2e}{agreement}")
+        if not parity.ok(model_cfg.export.parity_atol):
+            raise PipelineError(
+                f"{name}: ONNX output differs from torch (max abs diff {parity.max_abs_diff:.2e} "
+                f"> export.parity_atol {model_cfg.export.parity_atol:g}, or labels disagree); "
+                f"not serving it")
+        metrics = held_out | {"onnx_max_abs_diff": parity.max_abs_diff}
+        manifest = artifacts.publish(cfg.state_path, name, onnx_tmp, metrics,
+                                     splits.fingerprint, run_id, checkpoint)
+    _, onnx_path = artifacts.load_manifest(cfg.state_path, name, manifest.version)
+    console.print(f"    published {name} version {manifest.version}: {onnx_path}")
+    return manifest, onnx_path, parity
+
+
+def _ask_served_model(endpoint: str, row: list[float], truth: Any,
+                      console: Console) -> Any:
+    """POST one row to the live endpoint; return the first value of its last output."""
+    reply = requests.post(endpoint, json=_oip_body(row), timeout=60)
+    if reply.status_code != 200:
+        raise PipelineError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")
+    response = InferenceResponse.model_validate(reply.json())
+    answer = response.outputs[-1]
+    console.print(f"    {answer.name} {answer.data[:4]}, true value {truth} (model "
+                  f"{response.model_name} version {response.model_version})", highlight=False)
+    return answer.data[0]
+
+
 def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, console: Console,
               run_suffix: str, base_dir: Path) -> ModelReport:
     """Train, export, publish, serve and query one model."""
@@ -94,7 +133,7 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, conso
                   f"{len(splits.y_val)} validation, {len(splits.y_test)} held-out rows, "
                   f"{splits.n_features} features, {splits.n_outputs} outputs", highlight=False)
     run_id = tracker.start(run_name, params=model_cfg.model_dump(mode="json"),
-                           tags={"maas.model": name, "maas.data_fingerprint": splits.fingerprint()})
+                           tags={"maas.model": name, "maas.data_fingerprint": splits.fingerprint})
     ok = False
     try:
         with _stage(console, 1, f"train {name} as Ray Train run {run_name} "
@@ -107,50 +146,26 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, conso
             tracker.log_metrics(run_id, held_out)
             tracker.log_training_curve(run_id, f"{name} ({run_name})")
             shown = ", ".join(f"{k.removeprefix('held_out_')} {v:.4f}" for k, v in held_out.items())
-            console.print(f"    held-out {shown} on {len(splits.y_test)} rows",
-                          highlight=False)
+            console.print(f"    held-out {shown} on {len(splits.y_test)} rows", highlight=False)
 
         with _stage(console, 2, f"export {name} to ONNX and check parity"):
-            with tempfile.TemporaryDirectory() as tmp:
-                onnx_tmp = export_onnx(outcome.model, splits.n_features,
-                                       Path(tmp) / "model.onnx", model_cfg.export, splits.task)
-                parity = check_parity(outcome.model, onnx_tmp, splits.x_test, splits.y_test,
-                                      splits.task)
-                agreement = ("" if parity.label_agreement is None
-                             else f", label agreement {parity.label_agreement:.4f}")
-                console.print(f"    ONNX Runtime vs torch on {parity.rows} held-out rows: "
-                              f"max abs diff {parity.max_abs_diff:.2e}{agreement}")
-                if not parity.ok(model_cfg.export.parity_atol):
-                    raise PipelineError(
-                        f"{name}: ONNX output differs from torch (max abs diff "
-                        f"{parity.max_abs_diff:.2e} > export.parity_atol "
-                        f"{model_cfg.export.parity_atol:g}, or labels disagree); not serving it")
-                metrics = held_out | {"onnx_max_abs_diff": parity.max_abs_diff}
-                manifest = artifacts.publish(cfg.state_path, name, onnx_tmp, metrics,
-                                             splits.fingerprint(), run_id, outcome.checkpoint_path)
+            manifest, onnx_path, parity = _export_and_publish(
+                cfg, model_cfg, outcome.model, splits, run_id, outcome.checkpoint_path,
+                held_out, console)
             tracker.log_metrics(run_id, {"onnx_max_abs_diff": parity.max_abs_diff})
-            _, onnx_path = artifacts.load_manifest(cfg.state_path, name, manifest.version)
             tracker.log_artifact(run_id, onnx_path)
-            console.print(f"    published {name} version {manifest.version}: {onnx_path}")
 
         with _stage(console, 3, f"serve {name} version {manifest.version} on Ray Serve"):
             endpoint = deploy_model(cfg, model_cfg, manifest.version)
 
         with _stage(console, 4, f"send one held-out row to {endpoint}"):
             row = splits.x_test[0].tolist()
-            reply = requests.post(endpoint, json=_oip_body(row), timeout=60)
-            if reply.status_code != 200:
-                raise PipelineError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")
-            response = InferenceResponse.model_validate(reply.json())
-            answer = response.outputs[-1]
-            console.print(f"    {answer.name} {answer.data[:4]}, true value "
-                          f"{splits.y_test[0].tolist()} (model {response.model_name} "
-                          f"version {response.model_version})", highlight=False)
+            answer = _ask_served_model(endpoint, row, splits.y_test[0].tolist(), console)
         ok = True
         return ModelReport(name=name, version=manifest.version, run_name=run_name,
                            held_out=held_out, max_abs_diff=parity.max_abs_diff,
                            endpoint=endpoint, onnx_path=str(onnx_path), mlflow_run_id=run_id,
-                           example_row=row, served_answer=answer.data[0])
+                           example_row=row, served_answer=answer)
     finally:
         tracker.finish(run_id, ok)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ class Splits:
     def n_classes(self) -> int:
         return self.n_outputs
 
+    @cached_property
     def fingerprint(self) -> str:
         """sha256 over every array, so a run records exactly which data it saw."""
         digest = hashlib.sha256()

@@ -33,7 +33,7 @@ def test_synthetic_source_is_seeded_and_sized():
     cfg = DataConfig(source="synthetic", synthetic=SyntheticConfig(rows=1000, features=8,
                                                                      classes=3, seed=4))
     a, b = load_splits(cfg), load_splits(cfg)
-    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint == b.fingerprint
     assert a.n_features == 8 and a.n_classes == 3
     assert len(a.y_train) + len(a.y_val) + len(a.y_test) == 1000
 

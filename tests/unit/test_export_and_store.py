@@ -32,8 +32,8 @@ def exported(splits, tmp_path_factory):
 
 def test_split_is_stratified_and_reproducible(splits):
     again = load_splits(DataConfig())
-    assert splits.fingerprint() == again.fingerprint()
-    assert load_splits(DataConfig(seed=1)).fingerprint() != splits.fingerprint()
+    assert splits.fingerprint == again.fingerprint
+    assert load_splits(DataConfig(seed=1)).fingerprint != splits.fingerprint
     assert len(splits.y_test) == 360 and splits.n_features == 64 and splits.n_classes == 10
     assert set(np.unique(splits.y_test)) == set(range(10))
 
