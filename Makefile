@@ -45,6 +45,7 @@ test-e2e: setup
 
 bench: setup
 	$(BIN)/python bench/export_bench.py
+	$(BIN)/python bench/optimize_bench.py
 	$(BIN)/python bench/train_bench.py
 
 clean:

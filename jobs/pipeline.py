@@ -24,12 +24,14 @@ from typing import Any
 
 import requests
 from rich.console import Console
+from rich.table import Table
 
 from maas import artifacts
 from maas.cluster import Connection, connect, ensure_auth_mode
 from maas.config import ConfigError, DeployConfig, ModelConfig, load_config
 from maas.data import DataError, Splits, load_splits
 from maas.export import ParityReport, check_parity, export_onnx
+from maas.optimize import BASELINE, VariantResult, build_variants, select
 from maas.oip import InferenceResponse
 from maas.serving import base_url, deploy_model
 from maas.tracking import Tracker
@@ -82,10 +84,25 @@ def _held_out(outcome_model: Any, splits: Splits) -> dict[str, float]:
     return {"held_out_rmse": scores["loss"] ** 0.5, "held_out_loss": scores["loss"]}
 
 
+def _variants_table(results: list[VariantResult], chosen: str) -> Table:
+    table = Table(title="variants (held-out rows, ONNX Runtime, 1 thread)")
+    for column in ("variant", "accuracy", "drop", "size kB", "size x", "p50 ms b=1",
+                   "p50 ms b=64", "nonzero params", ""):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.name, f"{r.accuracy:.4f}", f"{r.accuracy_drop:+.4f}",
+                      f"{r.size_bytes / 1000:.1f}", f"{r.size_ratio:.2f}", f"{r.p50_ms[1]:.4f}",
+                      f"{r.p50_ms[64]:.4f}", "-" if r.parameters is None else str(r.parameters),
+                      "selected" if r.name == chosen else ("" if r.eligible else "too lossy"))
+    return table
+
+
 def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, splits: Splits,
                         run_id: str, checkpoint: str, held_out: dict[str, float],
-                        console: Console) -> tuple[artifacts.ModelManifest, Path, ParityReport]:
-    """Export to ONNX, refuse it unless ONNX Runtime matches torch, publish it to the store."""
+                        tracker: Tracker, console: Console
+                        ) -> tuple[artifacts.ModelManifest, Path, ParityReport]:
+    """Export to ONNX and refuse it unless ONNX Runtime matches torch; build and measure the
+    configured variants; publish the one ``optimize.select`` picks."""
     name = model_cfg.name
     with tempfile.TemporaryDirectory() as tmp:
         onnx_tmp = export_onnx(model, splits.n_features, Path(tmp) / "model.onnx",
@@ -100,11 +117,19 @@ def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, s
                 f"{name}: ONNX output differs from torch (max abs diff {parity.max_abs_diff:.2e} "
                 f"> export.parity_atol {model_cfg.export.parity_atol:g}, or labels disagree); "
                 f"not serving it")
+        chosen, chosen_path = BASELINE, onnx_tmp
+        if model_cfg.optimize.variants:
+            results = build_variants(model, onnx_tmp, splits, model_cfg.optimize,
+                                     model_cfg.export, Path(tmp), model_cfg.train.seed)
+            pick = select(results, model_cfg.optimize)
+            chosen, chosen_path = pick.name, Path(pick.path)
+            console.print(_variants_table(results, chosen))
+            tracker.log_variants(run_id, [r.as_row() for r in results], chosen)
         metrics = held_out | {"onnx_max_abs_diff": parity.max_abs_diff}
-        manifest = artifacts.publish(cfg.state_path, name, onnx_tmp, metrics,
-                                     splits.fingerprint, run_id, checkpoint)
+        manifest = artifacts.publish(cfg.state_path, name, chosen_path, metrics,
+                                     splits.fingerprint, run_id, checkpoint, variant=chosen)
     _, onnx_path = artifacts.load_manifest(cfg.state_path, name, manifest.version)
-    console.print(f"    published {name} version {manifest.version}: {onnx_path}")
+    console.print(f"    published {name} version {manifest.version} ({chosen}): {onnx_path}")
     return manifest, onnx_path, parity
 
 
@@ -148,10 +173,10 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, conso
             shown = ", ".join(f"{k.removeprefix('held_out_')} {v:.4f}" for k, v in held_out.items())
             console.print(f"    held-out {shown} on {len(splits.y_test)} rows", highlight=False)
 
-        with _stage(console, 2, f"export {name} to ONNX and check parity"):
+        with _stage(console, 2, f"export {name} to ONNX, check parity, optimize"):
             manifest, onnx_path, parity = _export_and_publish(
                 cfg, model_cfg, outcome.model, splits, run_id, outcome.checkpoint_path,
-                held_out, console)
+                held_out, tracker, console)
             tracker.log_metrics(run_id, {"onnx_max_abs_diff": parity.max_abs_diff})
             tracker.log_artifact(run_id, onnx_path)
 

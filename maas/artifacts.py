@@ -46,6 +46,7 @@ class ModelManifest(BaseModel):
     data_fingerprint: str
     mlflow_run_id: str | None
     train_checkpoint: str
+    variant: str = "fp32"  # which optimize variant this file is
 
 
 def model_root(state_dir: Path, name: str) -> Path:
@@ -114,7 +115,7 @@ def _claim_version(root: Path) -> tuple[int, Path]:
 
 def publish(state_dir: Path, name: str, onnx_file: Path, metrics: dict[str, float],
             data_fingerprint: str, mlflow_run_id: str | None,
-            train_checkpoint: str) -> ModelManifest:
+            train_checkpoint: str, variant: str = "fp32") -> ModelManifest:
     """Copy ``onnx_file`` into the store as the next version of ``name``."""
     root = model_root(state_dir, name)
     version, target = _claim_version(root)
@@ -125,7 +126,7 @@ def publish(state_dir: Path, name: str, onnx_file: Path, metrics: dict[str, floa
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         opset=opset, inputs=inputs, outputs=outputs, metrics=metrics,
         data_fingerprint=data_fingerprint, mlflow_run_id=mlflow_run_id,
-        train_checkpoint=train_checkpoint,
+        train_checkpoint=train_checkpoint, variant=variant,
     )
     _atomic_write(target / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
     return manifest

@@ -185,6 +185,38 @@ class ExportConfig(StrictModel):
     )
 
 
+VariantName = Literal["int8_dynamic", "int8_static", "prune_l1", "prune_structured"]
+
+
+class QuantizeConfig(StrictModel):
+    per_channel: bool = Field(True, description="int8_static: one scale per output channel")
+    calibration_rows: int = Field(512, ge=16, description="int8_static: training rows to calibrate")
+
+
+class PruneConfig(StrictModel):
+    amount: float = Field(0.5, gt=0.0, lt=1.0, description="share of weights or neurons removed")
+    finetune_epochs: int = Field(3, ge=0, le=1000)
+    lr: float = Field(5e-4, gt=0.0, le=10.0)
+    batch_size: int = Field(64, ge=1)
+
+
+class SelectConfig(StrictModel):
+    policy: Literal["fastest", "smallest"] = "fastest"
+    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0,
+                                     description="vs fp32 on the held-out rows")
+    latency_batch: Literal[1, 64] = Field(64, description="batch size whose p50 'fastest' ranks")
+
+
+class OptimizeConfig(StrictModel):
+    """Compressed variants of the exported model; fp32 is always measured as the baseline."""
+
+    variants: list[VariantName] = Field(default_factory=list)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    latency_runs: int = Field(200, ge=10, le=100_000, description="timed calls per batch size")
+
+
 class ServeConfig(StrictModel):
     num_replicas: int = Field(1, ge=1, le=64)
     cpus_per_replica: float = Field(0.25, gt=0.0)
@@ -208,7 +240,18 @@ class ModelConfig(StrictModel):
     model: ModelArchConfig = Field(default_factory=ModelArchConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _variants_fit_the_model(self) -> ModelConfig:
+        if self.optimize.variants and self.train.task != "classification":
+            raise ValueError("optimize.variants: variants are ranked by accuracy, which needs "
+                             "train.loss: cross_entropy")
+        if "prune_structured" in self.optimize.variants and self.model.kind != "mlp":
+            raise ValueError("optimize.variants: prune_structured removes MLP neurons; "
+                             f"model.kind {self.model.kind!r} is not supported, use prune_l1")
+        return self
 
 
 class DeployConfig(StrictModel):

@@ -100,5 +100,19 @@ class Tracker:
             plt.close(fig)
             self.client.log_artifact(run_id, str(path))
 
+    def log_variants(self, run_id: str, rows: list[dict], chosen: str) -> None:
+        """The optimize table as ``variants.json`` plus one metric per variant and measure."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "variants.json"
+            path.write_text(json.dumps({"selected": chosen, "variants": rows}, indent=2))
+            self.client.log_artifact(run_id, str(path))
+        for row in rows:
+            self.log_metrics(run_id, {
+                f"variant.{row['name']}.accuracy": row["accuracy"],
+                f"variant.{row['name']}.size_bytes": row["size_bytes"],
+                f"variant.{row['name']}.p50_ms_b1": row["p50_ms"][1],
+                f"variant.{row['name']}.p50_ms_b64": row["p50_ms"][64]})
+        self.client.set_tag(run_id, "maas.variant", chosen)
+
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")

@@ -4,6 +4,7 @@ HOME points at a temporary folder, so the Ray token (~/.ray/auth_token) and the 
 (~/.maas) of this run never touch the real home. Needs ports 6379, 8000 and 8265 free.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -82,7 +83,13 @@ def test_up_submit_serve_status_down(user_env):
     assert reply.json()["model_name"] == "digits"
     label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
     assert label["data"] == [0]
-    assert (Path(user_env["HOME"]) / ".maas" / "models" / "digits" / "1" / "model.onnx").is_file()
+    published = Path(user_env["HOME"]) / ".maas" / "models" / "digits" / "1"
+    assert (published / "model.onnx").is_file()
+    # deploy.yaml asks for every optimize variant: the table is printed, one is published.
+    assert "prune_structured" in job.stdout and "selected" in job.stdout
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert manifest["variant"] in {"fp32", "int8_dynamic", "int8_static", "prune_l1",
+                                   "prune_structured"}
 
     status = _run(["maas", "status"], user_env, timeout=120).stdout
     assert "model-digits" in status and "RUNNING" in status
