@@ -3,7 +3,8 @@
     .venv/bin/python bench/optimize_bench.py [deploy.yaml] [--model digits] [--runs 2000]
 
 Trains the model with its deploy.yaml settings on a local Ray cluster (Ray Train, as the
-pipeline does), exports fp32 ONNX, builds every variant in ``optimize.variants`` and scores all
+pipeline does, and the distilled student likewise), exports fp32 ONNX, builds every variant in
+``optimize.variants`` and scores all
 of them on the held-out rows: accuracy, file size, ONNX Runtime p50 at batch 1 and 64 (1 thread,
 interleaved rounds). Writes bench/out/optimize_bench.json and .png and its RESULTS.md section.
 """
@@ -24,7 +25,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported
 
 import ray  # noqa: E402
 
-from jobs.train import run_training  # noqa: E402
+from jobs.train import run_training, train_student  # noqa: E402
 from maas.config import load_config  # noqa: E402
 from maas.data import load_splits  # noqa: E402
 from maas.export import export_onnx  # noqa: E402
@@ -70,8 +71,11 @@ def main() -> None:
         outcome = run_training(model_cfg, splits, Path(tmp) / "train", "optimize-bench", [])
         fp32 = export_onnx(outcome.model, splits.n_features, Path(tmp) / "fp32.onnx",
                            model_cfg.export)
-        results = build_variants(outcome.model, fp32, splits, optimize, model_cfg.export,
-                                 Path(tmp), model_cfg.train.seed)
+        results = build_variants(
+            outcome.model, fp32, splits, optimize, model_cfg.export, Path(tmp),
+            model_cfg.train.seed,
+            distill=lambda: train_student(model_cfg, splits, outcome.model, Path(tmp) / "train",
+                                          "optimize-bench-student"))
         chosen = select(results, optimize).name
     ray.shutdown()
 

@@ -98,8 +98,8 @@ def _variants_table(results: list[VariantResult], chosen: str) -> Table:
 
 
 def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, splits: Splits,
-                        run_id: str, checkpoint: str, held_out: dict[str, float],
-                        tracker: Tracker, console: Console
+                        run_id: str, run_name: str, checkpoint: str,
+                        held_out: dict[str, float], tracker: Tracker, console: Console
                         ) -> tuple[artifacts.ModelManifest, Path, ParityReport]:
     """Export to ONNX and refuse it unless ONNX Runtime matches torch; build and measure the
     configured variants; publish the one ``optimize.select`` picks."""
@@ -119,8 +119,13 @@ def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, s
                 f"not serving it")
         chosen, chosen_path = BASELINE, onnx_tmp
         if model_cfg.optimize.variants:
-            results = build_variants(model, onnx_tmp, splits, model_cfg.optimize,
-                                     model_cfg.export, Path(tmp), model_cfg.train.seed)
+            from jobs.train import train_student
+
+            results = build_variants(
+                model, onnx_tmp, splits, model_cfg.optimize, model_cfg.export, Path(tmp),
+                model_cfg.train.seed,
+                distill=lambda: train_student(model_cfg, splits, model,
+                                              cfg.state_path / "train", f"{run_name}-student"))
             pick = select(results, model_cfg.optimize)
             chosen, chosen_path = pick.name, Path(pick.path)
             console.print(_variants_table(results, chosen))
@@ -175,8 +180,8 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, conso
 
         with _stage(console, 2, f"export {name} to ONNX, check parity, optimize"):
             manifest, onnx_path, parity = _export_and_publish(
-                cfg, model_cfg, outcome.model, splits, run_id, outcome.checkpoint_path,
-                held_out, tracker, console)
+                cfg, model_cfg, outcome.model, splits, run_id, run_name,
+                outcome.checkpoint_path, held_out, tracker, console)
             tracker.log_metrics(run_id, {"onnx_max_abs_diff": parity.max_abs_diff})
             tracker.log_artifact(run_id, onnx_path)
 

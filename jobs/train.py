@@ -26,7 +26,7 @@ from torch import nn
 
 import ray.train
 import ray.train.torch
-from maas.config import ModelConfig, TrainConfig
+from maas.config import DistillConfig, ModelConfig, TrainConfig
 from maas.data import Splits, to_ray_dataset
 from maas.models import build_model
 
@@ -48,13 +48,15 @@ class LoopInputs:
     std: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    distill: DistillConfig | None = None  # set: the rows carry teacher logits ("t")
 
     @classmethod
-    def from_splits(cls, model_cfg: ModelConfig, splits: Splits) -> LoopInputs:
+    def from_splits(cls, model_cfg: ModelConfig, splits: Splits,
+                    distill: DistillConfig | None = None) -> LoopInputs:
         return cls(model_cfg=model_cfg, task=splits.task, n_features=splits.n_features,
                    n_outputs=splits.n_outputs, image_shape=splits.image_shape,
                    mean=splits.x_train.mean(axis=0), std=splits.x_train.std(axis=0),
-                   x_val=splits.x_val, y_val=splits.y_val)
+                   x_val=splits.x_val, y_val=splits.y_val, distill=distill)
 
     def build(self) -> nn.Module:
         return build_model(self.model_cfg.model, self.n_features, self.n_outputs, self.mean,
@@ -116,8 +118,11 @@ class _Progress:
     bad_epochs: int = 0
 
 
-def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> _Progress:
-    checkpoint = ray.train.get_checkpoint()
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             fallback: ray.train.Checkpoint | None) -> _Progress:
+    """Load Ray Train's latest checkpoint of this run, else ``fallback`` (see
+    :func:`_recover_torn_snapshot`), else start fresh."""
+    checkpoint = ray.train.get_checkpoint() or fallback
     if checkpoint is None:
         return _Progress()
     with checkpoint.as_directory() as ckpt_dir:
@@ -145,8 +150,19 @@ def _should_stop(cfg: TrainConfig, progress: _Progress, metrics: dict[str, float
     return progress.bad_epochs >= stopping.patience
 
 
-def _load_shard(device: torch.device,
-                label_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                      cfg: DistillConfig) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy with the labels
+    (Hinton et al., 2015; T^2 keeps the soft term's gradients on the labels' scale)."""
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student / cfg.temperature, dim=-1),
+                                nn.functional.log_softmax(teacher / cfg.temperature, dim=-1),
+                                log_target=True, reduction="batchmean")
+    hard = nn.functional.cross_entropy(student, labels)
+    return cfg.alpha * cfg.temperature ** 2 * soft + (1.0 - cfg.alpha) * hard
+
+
+def _load_shard(device: torch.device, label_dtype: torch.dtype,
+                with_teacher: bool) -> tuple[torch.Tensor, ...]:
     """This worker's rows of the training set, read once from its Ray Data shard.
 
     Ray Data splits the rows evenly across workers (equal=True), so every rank runs the same
@@ -154,21 +170,20 @@ def _load_shard(device: torch.device,
     epochs do not re-run the split and the Arrow-to-torch conversion; this holds the shard in
     the worker's memory, which suits data sets that fit in RAM across the workers.
     """
+    dtypes = {"x": torch.float32, "y": label_dtype} | ({"t": torch.float32} if with_teacher else {})
     parts = list(ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=65_536, dtypes={"x": torch.float32, "y": label_dtype}, device="cpu"))
-    x = torch.cat([p["x"] for p in parts]).to(device)
-    y = torch.cat([p["y"] for p in parts]).to(device)
-    return x, y
+        batch_size=65_536, dtypes=dtypes, device="cpu"))
+    return tuple(torch.cat([p[column] for p in parts]).to(device) for column in dtypes)
 
 
 def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                     seed: tuple[int, int, int]) -> Any:
-    """Shuffled mini-batches of (x, y), in an order fixed by (seed, epoch, rank)."""
+                     seed: tuple[int, int, int], *extra: torch.Tensor) -> Any:
+    """Shuffled mini-batches of (x, y, *extra), in an order fixed by (seed, epoch, rank)."""
     generator = torch.Generator().manual_seed(hash(seed) & 0x7FFF_FFFF)
     order = torch.randperm(len(x), generator=generator).to(x.device)
     for start in range(0, len(x), batch_size):
         index = order[start:start + batch_size]
-        yield x[index], y[index]
+        yield (x[index], y[index], *(t[index] for t in extra))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -179,23 +194,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = inputs.build()
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
-    progress = _restore(model, optimizer, scheduler)
+    progress = _restore(model, optimizer, scheduler, loop_config.get("resume_from"))
     ddp_model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     loss_fn = _loss_fn(inputs.task)
     label_dtype = torch.int64 if inputs.task == "classification" else torch.float32
     context = ray.train.get_context()
-    x_local, y_local = _load_shard(device, label_dtype)
+    x_local, y_local, *teacher = _load_shard(device, label_dtype, inputs.distill is not None)
 
     for epoch in range(progress.next_epoch, cfg.epochs):
         ddp_model.train()
         started, loss_sum, correct, rows = time.perf_counter(), 0.0, 0, 0
-        for features, labels in shuffled_batches(
-                x_local, y_local, cfg.batch_size, seed=(cfg.seed, epoch, context.get_world_rank())):
+        for features, labels, *soft in shuffled_batches(
+                x_local, y_local, cfg.batch_size, (cfg.seed, epoch, context.get_world_rank()),
+                *teacher):
             optimizer.zero_grad()
             out = ddp_model(features)
-            loss = loss_fn(out if inputs.task == "classification" else out.reshape(labels.shape),
-                           labels)
+            if inputs.distill is not None:
+                loss = distillation_loss(out, soft[0], labels, inputs.distill)
+            else:
+                loss = loss_fn(out if inputs.task == "classification"
+                               else out.reshape(labels.shape), labels)
             loss.backward()
             optimizer.step()
             loss_sum += float(loss) * len(labels)
@@ -280,10 +299,41 @@ def _checkpoint_config(cfg: TrainConfig) -> ray.train.CheckpointConfig:
                                       checkpoint_score_order=order)
 
 
+def _recover_torn_snapshot(run_dir: Path) -> ray.train.Checkpoint | None:
+    """The newest checkpoint of ``run_dir`` when Ray's run snapshot there is unreadable.
+
+    Ray Train rewrites ``checkpoint_manager_snapshot.json`` in place; a driver killed during
+    that write leaves it empty or cut short, and Ray then refuses to start the run at all.
+    The checkpoints themselves are intact (each is written before it is recorded), so the
+    torn snapshot is set aside and the run resumes from the newest complete checkpoint.
+    """
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        json.loads(snapshot.read_text())
+        return None  # readable (or absent, below): Ray restores the run itself
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        pass
+    complete = [d for d in run_dir.glob("checkpoint_*")
+                if (d / CHECKPOINT_FILE).is_file() and (d / "metrics.json").is_file()]
+    snapshot.rename(snapshot.with_name(snapshot.name + ".torn"))
+    if not complete:
+        log.warning("%s was torn and no complete checkpoint exists: starting over", snapshot)
+        return None
+    newest = max(complete, key=lambda d: json.loads((d / "metrics.json").read_text())["epoch"])
+    log.warning("%s was torn (a driver died while Ray wrote it); resuming from %s",
+                snapshot, newest)
+    return ray.train.Checkpoint.from_directory(str(newest))
+
+
 def run_training(model_cfg: ModelConfig, splits: Splits, storage_path: Path, run_name: str,
-                 callbacks: list[ray.train.UserCallback]) -> TrainOutcome:
+                 callbacks: list[ray.train.UserCallback],
+                 teacher: nn.Module | None = None,
+                 distill: DistillConfig | None = None) -> TrainOutcome:
     """Train ``model_cfg`` on the connected cluster. The same ``run_name`` and ``storage_path``
-    as an interrupted run resume it from its latest checkpoint."""
+    as an interrupted run resume it from its latest checkpoint. With ``teacher`` and
+    ``distill``, the model learns from the teacher's logits as well as the labels."""
     import ray.data
 
     cfg = model_cfg.train
@@ -295,14 +345,19 @@ def run_training(model_cfg: ModelConfig, splits: Splits, storage_path: Path, run
     if cfg.use_gpu:
         resources["GPU"] = 1
     stopping = cfg.early_stopping
-    inputs = LoopInputs.from_splits(model_cfg, splits)
+    inputs = LoopInputs.from_splits(model_cfg, splits, distill if teacher is not None else None)
     inputs.build()  # a data shape the model cannot take fails here, before any worker starts
+    soft_targets = None
+    if inputs.distill is not None:
+        with torch.no_grad():  # computed once on the driver: workers never load the teacher
+            soft_targets = teacher.eval()(torch.from_numpy(splits.x_train)).numpy()
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"inputs": inputs},
+        train_loop_config={"inputs": inputs,
+                           "resume_from": _recover_torn_snapshot(storage_path / run_name)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
-        datasets={"train": to_ray_dataset(splits.x_train, splits.y_train)},
+        datasets={"train": to_ray_dataset(splits.x_train, splits.y_train, soft_targets)},
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(storage_path),
@@ -329,3 +384,19 @@ def run_training(model_cfg: ModelConfig, splits: Splits, storage_path: Path, run
     model.eval()
     return TrainOutcome(model=model, metrics=dict(result.metrics),
                         checkpoint_path=checkpoint.path, run_path=result.path)
+
+
+def train_student(model_cfg: ModelConfig, splits: Splits, teacher: nn.Module,
+                  storage_path: Path, run_name: str) -> nn.Module:
+    """The ``distill`` variant: an MLP of ``optimize.distill.hidden`` trained as a Ray Train
+    job, like the teacher, on the teacher's softened logits plus the labels."""
+    distill = model_cfg.optimize.distill
+    student_cfg = model_cfg.model_copy(update={
+        "name": f"{model_cfg.name}-student",
+        "model": model_cfg.model.model_copy(update={"kind": "mlp", "hidden": distill.hidden}),
+        "train": model_cfg.train.model_copy(update={
+            "epochs": distill.epochs, "lr": distill.lr, "early_stopping": None,
+            "checkpoint_every": distill.epochs}),
+    })
+    return run_training(student_cfg, splits, storage_path, run_name, [], teacher=teacher,
+                        distill=distill).model

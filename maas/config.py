@@ -185,7 +185,7 @@ class ExportConfig(StrictModel):
     )
 
 
-VariantName = Literal["int8_dynamic", "int8_static", "prune_l1", "prune_structured"]
+VariantName = Literal["int8_dynamic", "int8_static", "prune_l1", "prune_structured", "distill"]
 
 
 class QuantizeConfig(StrictModel):
@@ -198,6 +198,23 @@ class PruneConfig(StrictModel):
     finetune_epochs: int = Field(3, ge=0, le=1000)
     lr: float = Field(5e-4, gt=0.0, le=10.0)
     batch_size: int = Field(64, ge=1)
+
+
+class DistillConfig(StrictModel):
+    """A smaller student trained, as a Ray Train job, on the teacher's softened outputs."""
+
+    hidden: list[int] = Field(default_factory=lambda: [32], min_length=1, max_length=16,
+                              description="the student MLP's hidden widths")
+    temperature: float = Field(4.0, gt=0.0, le=100.0, description="softens both distributions")
+    alpha: float = Field(0.7, ge=0.0, le=1.0,
+                         description="weight of the soft-target loss; 1 - alpha on the labels")
+    epochs: int = Field(30, ge=1, le=10_000)
+    lr: float = Field(3e-3, gt=0.0, le=10.0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        return _positive(widths, "hidden width")
 
 
 class SelectConfig(StrictModel):
@@ -213,6 +230,7 @@ class OptimizeConfig(StrictModel):
     variants: list[VariantName] = Field(default_factory=list)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     latency_runs: int = Field(200, ge=10, le=100_000, description="timed calls per batch size")
 

@@ -186,12 +186,15 @@ def load_splits(cfg: DataConfig, task: Task = "classification",
     return Splits(*arrays, task=task, n_outputs=n_outputs, image_shape=image_shape)
 
 
-def to_ray_dataset(x: np.ndarray, y: np.ndarray) -> Any:
-    """A Ray Dataset with columns ``x`` (float32 tensor per row) and ``y``, for get_dataset_shard."""
+def to_ray_dataset(x: np.ndarray, y: np.ndarray, teacher: np.ndarray | None = None) -> Any:
+    """A Ray Dataset with columns ``x`` (float32 tensor per row), ``y`` and, for distillation,
+    ``t`` (the teacher's logits per row), for ``get_dataset_shard``."""
     import pyarrow as pa
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
-    return ray.data.from_arrow(pa.table({"x": ArrowTensorArray.from_numpy(x),
-                                         "y": ArrowTensorArray.from_numpy(y)
-                                         if y.ndim > 1 else pa.array(y)}))
+    columns = {"x": ArrowTensorArray.from_numpy(x),
+               "y": ArrowTensorArray.from_numpy(y) if y.ndim > 1 else pa.array(y)}
+    if teacher is not None:
+        columns["t"] = ArrowTensorArray.from_numpy(np.ascontiguousarray(teacher, np.float32))
+    return ray.data.from_arrow(pa.table(columns))

@@ -181,8 +181,12 @@ def _strip(path: Path) -> Path:
 
 
 def build_variants(model: nn.Module, fp32: Path, splits: Splits, cfg: OptimizeConfig,
-                   export_cfg: ExportConfig, workdir: Path, seed: int) -> list[VariantResult]:
-    """Make every configured variant of ``model`` (exported at ``fp32``) and measure them all."""
+                   export_cfg: ExportConfig, workdir: Path, seed: int,
+                   distill: Callable[[], nn.Module] | None = None) -> list[VariantResult]:
+    """Make every configured variant of ``model`` (exported at ``fp32``) and measure them all.
+
+    ``distill`` trains the student for the ``distill`` variant; the caller supplies it because
+    that training runs as a Ray Train job (jobs.train.train_student)."""
     made: dict[str, tuple[Path, int | None]] = {BASELINE: (fp32, _nonzero_parameters(model))}
 
     def from_torch(name: str, make: Callable[[], nn.Module]) -> None:
@@ -202,6 +206,10 @@ def build_variants(model: nn.Module, fp32: Path, splits: Splits, cfg: OptimizeCo
             if not isinstance(model, MLP):
                 raise ValueError("optimize.variants: prune_structured needs an MLP")
             from_torch(name, lambda: prune_structured(model, splits, cfg.prune, seed))
+        elif name == "distill":
+            if distill is None:
+                raise ValueError("optimize.variants: distill needs a student trainer")
+            from_torch(name, distill)
     return _measure(made, splits, cfg)
 
 

@@ -114,3 +114,21 @@ def test_killed_driver_resumes_by_run_name(serve_port, tmp_path):
     finally:
         serve.delete("model-digits")
         serve.delete("maas")
+
+
+def test_a_torn_ray_snapshot_still_resumes_from_the_newest_checkpoint(serve_port, tmp_path):
+    """Ray rewrites its run snapshot in place; a driver killed mid-write leaves it empty.
+    Seen in CI: Ray then refused the re-run. maas resumes from the newest checkpoint instead."""
+    short = parse_config({"state_dir": str(tmp_path), "models": [
+        MLP | {"train": MLP["train"] | {"epochs": 3}}]}).models[0]
+    splits = load_splits(short.data)
+    run_training(short, splits, tmp_path / "train", "torn", [])
+    snapshot = tmp_path / "train" / "torn" / "checkpoint_manager_snapshot.json"
+    assert snapshot.is_file()
+    snapshot.write_text("")  # what a kill during Ray's write leaves behind
+
+    longer = short.model_copy(update={"train": short.train.model_copy(update={"epochs": 5})})
+    outcome = run_training(longer, splits, tmp_path / "train", "torn", [])
+    assert outcome.metrics["restored_from_epoch"] == 2
+    assert outcome.metrics["epoch"] == 4
+    assert (snapshot.parent / "checkpoint_manager_snapshot.json.torn").is_file()

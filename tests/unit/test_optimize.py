@@ -81,3 +81,29 @@ def test_variants_need_a_classifier_and_structured_pruning_an_mlp():
     with pytest.raises(ConfigError, match="ranked by accuracy"):
         parse_config({"models": [{"name": "m", "train": {"loss": "mse"},
                                   "optimize": {"variants": ["int8_dynamic"]}}]})
+
+
+def test_distillation_loss_blends_soft_targets_and_labels():
+    import torch
+
+    from jobs.train import distillation_loss
+    from maas.config import DistillConfig
+
+    student = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    labels = torch.tensor([0, 2])
+    hard_only = distillation_loss(student, torch.zeros_like(student), labels,
+                                  DistillConfig(alpha=0.0))
+    assert hard_only == pytest.approx(float(torch.nn.functional.cross_entropy(student, labels)))
+    same = distillation_loss(student, student.clone(), labels, DistillConfig(alpha=1.0))
+    assert same == pytest.approx(0.0, abs=1e-6)  # a student equal to its teacher has no soft loss
+    apart = distillation_loss(student, -student, labels, DistillConfig(alpha=1.0))
+    assert apart > 0.1
+
+
+def test_distill_variant_needs_its_trainer(tmp_path):
+    splits = load_splits(DataConfig())
+    model = model_for(ModelArchConfig(hidden=[16]), splits)
+    fp32 = export_onnx(model, splits.n_features, tmp_path / "fp32.onnx", ExportConfig())
+    with pytest.raises(ValueError, match="distill needs a student trainer"):
+        build_variants(model, fp32, splits, OptimizeConfig(variants=["distill"]), ExportConfig(),
+                       tmp_path, seed=0)
