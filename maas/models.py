@@ -31,19 +31,24 @@ class Standardize(nn.Module):
         return (x - self.mean) * self.inv_std
 
 
+def dense_layers(width: int, hidden: list[int], n_outputs: int, dropout: float) -> list[nn.Module]:
+    """[Linear -> ReLU -> Dropout] per hidden width, then the output Linear."""
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+        width = size
+    layers.append(nn.Linear(width, n_outputs))
+    return layers
+
+
 class MLP(nn.Module):
     """Standardize -> [Linear -> ReLU -> Dropout] x len(hidden) -> Linear (logits)."""
 
     def __init__(self, n_features: int, n_classes: int, hidden: list[int], dropout: float,
                  mean: np.ndarray, std: np.ndarray):
         super().__init__()
-        layers: list[nn.Module] = [Standardize(mean, std)]
-        width = n_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, n_classes))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(Standardize(mean, std),
+                                 *dense_layers(n_features, hidden, n_classes, dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -70,13 +75,8 @@ class CNN(nn.Module):
                 convs.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
         self.features = nn.Sequential(*convs)
-        head: list[nn.Module] = [nn.Flatten()]
-        width = c * h * w
-        for size in hidden:
-            head += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        head.append(nn.Linear(width, n_outputs))
-        self.head = nn.Sequential(*head)
+        self.head = nn.Sequential(nn.Flatten(),
+                                  *dense_layers(c * h * w, hidden, n_outputs, dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.standardize(x).reshape(-1, *self.image_shape)
