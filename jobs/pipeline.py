@@ -128,7 +128,9 @@ def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, s
                                               cfg.state_path / "train", f"{run_name}-student"))
             pick = select(results, model_cfg.optimize)
             chosen, chosen_path = pick.name, Path(pick.path)
-            console.print(_variants_table(results, chosen))
+            # Wide enough for every column even when the job log is not a terminal (80 cols).
+            Console(width=max(console.width, 140), file=console.file).print(
+                _variants_table(results, chosen))
             tracker.log_variants(run_id, [r.as_row() for r in results], chosen)
         metrics = held_out | {"onnx_max_abs_diff": parity.max_abs_diff}
         manifest = artifacts.publish(cfg.state_path, name, chosen_path, metrics,
