@@ -31,6 +31,7 @@ from maas.cluster import Connection, connect, ensure_auth_mode
 from maas.config import ConfigError, DeployConfig, ModelConfig, load_config
 from maas.data import DataError, Splits, load_splits
 from maas.export import ParityReport, check_parity, export_onnx
+from maas.models import evaluate
 from maas.optimize import BASELINE, VariantResult, build_variants, select
 from maas.oip import InferenceResponse
 from maas.serving import base_url, deploy_model
@@ -76,8 +77,6 @@ def _oip_body(row: list[float]) -> dict:
 
 
 def _held_out(outcome_model: Any, splits: Splits) -> dict[str, float]:
-    from jobs.train import evaluate
-
     scores = evaluate(outcome_model, splits.x_test, splits.y_test, splits.task)
     if splits.task == "classification":
         return {"held_out_accuracy": scores["accuracy"], "held_out_loss": scores["loss"]}

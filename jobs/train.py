@@ -28,7 +28,7 @@ import ray.train
 import ray.train.torch
 from maas.config import DistillConfig, ModelConfig, TrainConfig
 from maas.data import Splits, to_ray_dataset
-from maas.models import build_model
+from maas.models import build_model, evaluate, loss_fn
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +89,6 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.schedule.step_size,
                                                gamma=cfg.schedule.gamma)
     return None
-
-
-def _loss_fn(task: str) -> nn.Module:
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
-    """Loss (and accuracy for classes) of ``model`` on all of ``x``, in eval mode."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = model(torch.from_numpy(x).to(device))
-    target = torch.from_numpy(y).to(device)
-    if task == "regression":
-        return {"loss": float(_loss_fn(task)(out.reshape(target.shape), target))}
-    return {"loss": float(_loss_fn(task)(out, target)),
-            "accuracy": float((out.argmax(dim=-1) == target).float().mean())}
 
 
 @dataclass
@@ -197,7 +180,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     progress = _restore(model, optimizer, scheduler, loop_config.get("resume_from"))
     ddp_model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    loss_fn = _loss_fn(inputs.task)
+    criterion = loss_fn(inputs.task)
     label_dtype = torch.int64 if inputs.task == "classification" else torch.float32
     context = ray.train.get_context()
     x_local, y_local, *teacher = _load_shard(device, label_dtype, inputs.distill is not None)
@@ -213,7 +196,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if inputs.distill is not None:
                 loss = distillation_loss(out, soft[0], labels, inputs.distill)
             else:
-                loss = loss_fn(out if inputs.task == "classification"
+                loss = criterion(out if inputs.task == "classification"
                                else out.reshape(labels.shape), labels)
             loss.backward()
             optimizer.step()

@@ -118,10 +118,19 @@ def model_for(arch: ModelArchConfig, splits: Any) -> nn.Module:
                        splits.x_train.std(axis=0), splits.image_shape)
 
 
+def loss_fn(task: str) -> nn.Module:
+    """Cross-entropy for classes, mean squared error for regression."""
+    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Share of rows whose argmax logit equals the label (model put in eval mode)."""
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
+    """Loss (and accuracy for classes) of ``model`` on all of ``x``, in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    logits = model(torch.from_numpy(x).to(device))
-    return float((logits.argmax(dim=-1).cpu().numpy() == y).mean())
+    out = model(torch.from_numpy(x).to(device))
+    target = torch.from_numpy(y).to(device)
+    if task == "regression":
+        return {"loss": float(loss_fn(task)(out.reshape(target.shape), target))}
+    return {"loss": float(loss_fn(task)(out, target)),
+            "accuracy": float((out.argmax(dim=-1) == target).float().mean())}

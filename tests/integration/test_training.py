@@ -17,7 +17,7 @@ import yaml
 from jobs.train import run_training
 from maas.config import parse_config
 from maas.data import load_splits
-from maas.models import accuracy
+from maas.models import evaluate
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(serve_port, tmp
     result = outcome["result"]
     assert result.metrics["epoch"] == model_cfg.train.epochs - 1
     assert result.metrics["restored_from_epoch"] >= 1  # resumed, not restarted from scratch
-    assert accuracy(result.model, splits.x_test, splits.y_test) >= 0.95
+    assert evaluate(result.model, splits.x_test, splits.y_test, "classification")["accuracy"] >= 0.95
 
 
 def test_killed_driver_resumes_by_run_name(serve_port, tmp_path):
