@@ -65,8 +65,8 @@ def _p50_ms(sessions: dict[str, object], x: np.ndarray, runs: int) -> dict[str, 
     return {name: float(np.median(s) * 1000.0) for name, s in samples.items()}
 
 
-def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    labels = ort_session(path).run(["label"], {INPUT_NAME: x})[0]
+def _onnx_accuracy(session, x: np.ndarray, y: np.ndarray) -> float:
+    labels = session.run(["label"], {INPUT_NAME: x})[0]
     return float(np.mean(labels == y))
 
 
@@ -215,17 +215,17 @@ def build_variants(model: nn.Module, fp32: Path, splits: Splits, cfg: OptimizeCo
 
 def _measure(made: dict[str, tuple[Path, int | None]], splits: Splits,
              cfg: OptimizeConfig) -> list[VariantResult]:
-    base_path = made[BASELINE][0]
-    base_accuracy = _onnx_accuracy(base_path, splits.x_test, splits.y_test)
-    base_size = base_path.stat().st_size
     sessions = {name: ort_session(path, threads=1) for name, (path, _) in made.items()}
+    accuracies = {name: _onnx_accuracy(session, splits.x_test, splits.y_test)
+                  for name, session in sessions.items()}
+    base_size = made[BASELINE][0].stat().st_size
     latency = {b: _p50_ms(sessions, np.ascontiguousarray(
         np.resize(splits.x_test, (b, splits.n_features))), cfg.latency_runs)
         for b in LATENCY_BATCHES}
     results = []
     for name, (path, parameters) in made.items():
-        accuracy = _onnx_accuracy(path, splits.x_test, splits.y_test)
-        drop = base_accuracy - accuracy
+        accuracy = accuracies[name]
+        drop = accuracies[BASELINE] - accuracy
         results.append(VariantResult(
             name=name, path=str(path), accuracy=accuracy, accuracy_drop=drop,
             size_bytes=path.stat().st_size, size_ratio=path.stat().st_size / base_size,
