@@ -1,6 +1,6 @@
 """Ray Train (maas's loop) against hand-written DDP under torchrun, on the same work.
 
-    .venv/bin/python bench/train_bench.py [--rows 60000] [--epochs 6]
+    .venv/bin/python bench/train_bench.py [--rows 60000] [--epochs 10]
 
 In one run, on the synthetic source (same seed, so the same rows), an MLP [256, 128], Adam,
 batch 256 per worker, a validation pass each epoch:
@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=60_000)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     out = REPO / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
