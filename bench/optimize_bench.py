@@ -54,6 +54,29 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _targets(by_name: dict) -> list[str]:
+    """The issue's bars for the digits variants, each checked against this run's numbers."""
+    base = by_name["fp32"]
+    checks = []
+    if "int8_static" in by_name:
+        q = by_name["int8_static"]
+        checks.append((f"int8_static size {q.size_ratio:.3f}x fp32 (target <= 0.30x), accuracy "
+                       f"drop {q.accuracy_drop * 100:+.2f} pt (target <= 1)",
+                       q.size_ratio <= 0.30 and q.accuracy_drop <= 0.01))
+    if "prune_structured" in by_name:
+        pr = by_name["prune_structured"]
+        checks.append((f"prune_structured p50 at batch 64 {pr.p50_ms[64]:.4f} ms vs fp32 "
+                       f"{base.p50_ms[64]:.4f} ms ({pr.p50_ms[64] / base.p50_ms[64]:.2f}x; "
+                       f"target: faster)", pr.p50_ms[64] < base.p50_ms[64]))
+    if "distill" in by_name:
+        d = by_name["distill"]
+        share = d.parameters / base.parameters
+        checks.append((f"distill student {share:.2f}x the teacher's parameters (target <= 0.5x), "
+                       f"accuracy drop {d.accuracy_drop * 100:+.2f} pt (target <= 2)",
+                       share <= 0.5 and d.accuracy_drop <= 0.02))
+    return [f"- {text}: {'met' if ok else 'MISSED'}" for text, ok in checks]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,9 +119,10 @@ def main() -> None:
              "nonzero params | |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.name} | {r.accuracy:.4f} | {r.accuracy_drop:+.4f} | "
-                     f"{r.size_bytes / 1000:.1f} | {r.size_ratio:.2f}x | {r.p50_ms[1]:.4f} | "
+                     f"{r.size_bytes / 1000:.1f} | {r.size_ratio:.3f}x | {r.p50_ms[1]:.4f} | "
                      f"{r.p50_ms[64]:.4f} | {'-' if r.parameters is None else r.parameters} | "
                      f"{'selected' if r.name == chosen else ''} |")
+    lines += ["", *_targets({r.name: r for r in results})]
     update_section(SECTION, lines)
     print("\n".join(lines))
 

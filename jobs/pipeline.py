@@ -1,4 +1,4 @@
-"""The whole thin path for every model in deploy.yaml: train -> export -> serve -> predict.
+"""Every model in deploy.yaml, end to end: train -> export, optimize, register -> serve -> predict.
 
     python -m jobs.pipeline deploy.yaml                     # what `maas run deploy.yaml` runs
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
@@ -26,13 +26,13 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from maas import artifacts
 from maas.cluster import Connection, connect, ensure_auth_mode
 from maas.config import ConfigError, DeployConfig, ModelConfig, load_config
 from maas.data import DataError, Splits, load_splits
 from maas.export import ParityReport, check_parity, export_onnx
 from maas.models import evaluate
 from maas.optimize import BASELINE, VariantResult, build_variants, select
+from maas.registry import CANARY, Registry, RegistryError, VersionInfo, config_hash, gate
 from maas.oip import InferenceResponse
 from maas.serving import base_url, deploy_model
 from maas.tracking import Tracker
@@ -47,12 +47,15 @@ class PipelineError(Exception):
 @dataclass(frozen=True)
 class ModelReport:
     name: str
-    version: int
+    version: int  # registered by this run
+    variant: str  # the optimize variant that version is
+    promoted: bool  # whether this run's version took the production alias
+    promotion: str  # what the promotion policy decided, and why
+    served_version: int | None  # the production version now served (None: nothing to serve)
     run_name: str
-    held_out: dict[str, float]  # held_out_accuracy (classes) or held_out_rmse, held_out_loss
+    held_out: dict[str, float]  # of the registered variant: held_out_accuracy or held_out_rmse
     max_abs_diff: float
-    endpoint: str
-    onnx_path: str
+    endpoint: str | None
     mlflow_run_id: str
     example_row: list[float]
     served_answer: Any  # the first value of the last output: the label for classifiers
@@ -96,12 +99,27 @@ def _variants_table(results: list[VariantResult], chosen: str) -> Table:
     return table
 
 
-def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, splits: Splits,
-                        run_id: str, run_name: str, checkpoint: str,
-                        held_out: dict[str, float], tracker: Tracker, console: Console
-                        ) -> tuple[artifacts.ModelManifest, Path, ParityReport]:
+def _registered_metrics(held_out: dict[str, float], parity: ParityReport,
+                        results: list[VariantResult], chosen: str) -> dict[str, float]:
+    """The held-out metrics of the variant being registered (the fp32 ones when none ran)."""
+    metrics = dict(held_out) | {"onnx_max_abs_diff": parity.max_abs_diff}
+    if not results:
+        return metrics
+    by_name = {r.name: r for r in results}
+    pick = by_name[chosen]
+    metrics.pop("held_out_loss", None)  # a torch fp32 figure, not the variant's
+    return metrics | {"held_out_accuracy": pick.accuracy,
+                      "fp32_held_out_accuracy": by_name[BASELINE].accuracy,
+                      "size_bytes": float(pick.size_bytes), "p50_ms_b1": pick.p50_ms[1],
+                      "p50_ms_b64": pick.p50_ms[64]}
+
+
+def _export_and_register(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, splits: Splits,
+                         run_id: str, run_name: str, held_out: dict[str, float],
+                         tracker: Tracker, registry: Registry, console: Console
+                         ) -> tuple[VersionInfo, ParityReport]:
     """Export to ONNX and refuse it unless ONNX Runtime matches torch; build and measure the
-    configured variants; publish the one ``optimize.select`` picks."""
+    configured variants; register the one ``optimize.select`` picks as a new version."""
     name = model_cfg.name
     with tempfile.TemporaryDirectory() as tmp:
         onnx_tmp = export_onnx(model, splits.n_features, Path(tmp) / "model.onnx",
@@ -116,7 +134,7 @@ def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, s
                 f"{name}: ONNX output differs from torch (max abs diff {parity.max_abs_diff:.2e} "
                 f"> export.parity_atol {model_cfg.export.parity_atol:g}, or labels disagree); "
                 f"not serving it")
-        chosen, chosen_path = BASELINE, onnx_tmp
+        chosen, chosen_path, results = BASELINE, onnx_tmp, []
         if model_cfg.optimize.variants:
             from jobs.train import train_student
 
@@ -131,12 +149,38 @@ def _export_and_publish(cfg: DeployConfig, model_cfg: ModelConfig, model: Any, s
             Console(width=max(console.width, 140), file=console.file).print(
                 _variants_table(results, chosen))
             tracker.log_variants(run_id, [r.as_row() for r in results], chosen)
-        metrics = held_out | {"onnx_max_abs_diff": parity.max_abs_diff}
-        manifest = artifacts.publish(cfg.state_path, name, chosen_path, metrics,
-                                     splits.fingerprint, run_id, checkpoint, variant=chosen)
-    _, onnx_path = artifacts.load_manifest(cfg.state_path, name, manifest.version)
-    console.print(f"    published {name} version {manifest.version} ({chosen}): {onnx_path}")
-    return manifest, onnx_path, parity
+        info = registry.register(
+            name, chosen_path, run_id=run_id,
+            metrics=_registered_metrics(held_out, parity, results, chosen), variant=chosen,
+            data_fingerprint=splits.fingerprint, config_digest=config_hash(model_cfg),
+            description=f"{chosen} from run {run_name}")
+    sealed = ", encrypted" if info.encrypted else ""
+    console.print(f"    registered {name} version {info.version} ({chosen}, sha256 "
+                  f"{info.sha256[:12]}{sealed}) in {registry.uri}", highlight=False)
+    return info, parity
+
+
+def _apply_promotion(model_cfg: ModelConfig, info: VersionInfo, registry: Registry,
+                     console: Console) -> tuple[bool, str]:
+    """Give ``info`` the alias ``promotion.policy`` calls for; (promoted, what happened)."""
+    name, version = model_cfg.name, info.version
+    if model_cfg.promotion.policy == "manual":
+        registry.promote(name, version, CANARY)
+        outcome = (False, f"version {version} is the canary (promotion.policy manual); "
+                          f"`maas models promote {name} {version}` puts it in production")
+    else:
+        production = registry.current(name)
+        decision = gate(model_cfg.promotion, info, production)
+        if decision.passed:
+            previous = registry.promote(name, version)
+            was = "" if previous is None else f" (was version {previous})"
+            outcome = (True, f"version {version} promoted to production{was}: {decision.reason}")
+        else:
+            kept = "no version" if production is None else f"version {production.version}"
+            outcome = (False, f"version {version} not promoted, {kept} stays in production: "
+                              f"{decision.reason}")
+    console.print(f"    {outcome[1]}", highlight=False)
+    return outcome
 
 
 def _ask_served_model(endpoint: str, row: list[float], truth: Any,
@@ -152,9 +196,9 @@ def _ask_served_model(endpoint: str, row: list[float], truth: Any,
     return answer.data[0]
 
 
-def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, console: Console,
-              run_suffix: str, base_dir: Path) -> ModelReport:
-    """Train, export, publish, serve and query one model."""
+def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, registry: Registry,
+              console: Console, run_suffix: str, base_dir: Path) -> ModelReport:
+    """Train, export, register, promote, serve and query one model."""
     from jobs.train import EpochProgress, run_training
 
     name = model_cfg.name
@@ -179,24 +223,31 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, conso
             shown = ", ".join(f"{k.removeprefix('held_out_')} {v:.4f}" for k, v in held_out.items())
             console.print(f"    held-out {shown} on {len(splits.y_test)} rows", highlight=False)
 
-        with _stage(console, 2, f"export {name} to ONNX, check parity, optimize"):
-            manifest, onnx_path, parity = _export_and_publish(
-                cfg, model_cfg, outcome.model, splits, run_id, run_name,
-                outcome.checkpoint_path, held_out, tracker, console)
+        with _stage(console, 2, f"export {name} to ONNX, check parity, optimize, register"):
+            info, parity = _export_and_register(cfg, model_cfg, outcome.model, splits, run_id,
+                                                run_name, held_out, tracker, registry, console)
             tracker.log_metrics(run_id, {"onnx_max_abs_diff": parity.max_abs_diff})
-            tracker.log_artifact(run_id, onnx_path)
+            promoted, promotion = _apply_promotion(model_cfg, info, registry, console)
+            tracker.client.set_tag(run_id, "maas.registered_version", str(info.version))
 
-        with _stage(console, 3, f"serve {name} version {manifest.version} on Ray Serve"):
-            endpoint = deploy_model(cfg, model_cfg, manifest.version)
-
-        with _stage(console, 4, f"send one held-out row to {endpoint}"):
-            row = splits.x_test[0].tolist()
-            answer = _ask_served_model(endpoint, row, splits.y_test[0].tolist(), console)
+        production = registry.current(name)
+        endpoint = answer = None
+        row = splits.x_test[0].tolist()
+        if production is None:
+            console.print(f"[yellow]{name} has no production version: nothing to serve[/]")
+        else:
+            with _stage(console, 3, f"serve {name} version {production.version} on Ray Serve"):
+                endpoint = deploy_model(cfg, model_cfg, production.version)
+            with _stage(console, 4, f"send one held-out row to {endpoint}"):
+                answer = _ask_served_model(endpoint, row, splits.y_test[0].tolist(), console)
         ok = True
-        return ModelReport(name=name, version=manifest.version, run_name=run_name,
-                           held_out=held_out, max_abs_diff=parity.max_abs_diff,
-                           endpoint=endpoint, onnx_path=str(onnx_path), mlflow_run_id=run_id,
-                           example_row=row, served_answer=answer)
+        return ModelReport(
+            name=name, version=info.version, variant=info.variant, promoted=promoted,
+            promotion=promotion, served_version=None if production is None else production.version,
+            run_name=run_name,
+            held_out={k: v for k, v in info.metrics.items() if k.startswith("held_out_")},
+            max_abs_diff=parity.max_abs_diff, endpoint=endpoint, mlflow_run_id=run_id,
+            example_row=row, served_answer=answer)
     finally:
         tracker.finish(run_id, ok)
 
@@ -204,14 +255,17 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, conso
 def _print_summary(cfg: DeployConfig, connection: Connection, reports: list[ModelReport],
                    console: Console) -> None:
     for report in reports:
-        body = json.dumps(_oip_body(report.example_row), separators=(",", ":"))
         shown = ", ".join(f"{k} {v:.4f}" for k, v in report.held_out.items())
-        console.print(f"\n[bold]{report.name}[/] version {report.version}: {shown}")
-        console.print(f"  endpoint:   {report.endpoint}")
-        console.print(f"  health:     {base_url(cfg)}/v2/health/ready")
-        console.print(f"  model file: {report.onnx_path}")
+        console.print(f"\n[bold]{report.name}[/] version {report.version} "
+                      f"({report.variant}): {shown}")
+        console.print(f"  registry:   {report.promotion}", highlight=False)
         console.print(f"  MLflow:     run {report.mlflow_run_id} in {cfg.tracking_uri}")
         console.print(f"  resume:     --run-name {report.run_name.removeprefix(report.name + '-')}")
+        if report.endpoint is None:
+            continue
+        body = json.dumps(_oip_body(report.example_row), separators=(",", ":"))
+        console.print(f"  endpoint:   {report.endpoint} (serving version {report.served_version})")
+        console.print(f"  health:     {base_url(cfg)}/v2/health/ready")
         console.print("  try it:")
         console.print(f"    curl -s -X POST {report.endpoint} -H 'Content-Type: application/json' "
                       f"-d '{body}'", markup=False, highlight=False)
@@ -238,9 +292,11 @@ def run_pipeline(cfg: DeployConfig, console: Console | None = None, run_name: st
     console.print(f"Ray: {connection.mode} cluster at {connection.address}; "
                   f"state in {cfg.state_path}; MLflow at {cfg.tracking_uri}")
     tracker = Tracker(cfg)
+    registry = Registry.from_config(cfg)
+    registry.require_key()
     suffix = run_name or new_run_suffix()
-    reports = [run_model(cfg, model_cfg, tracker, console, suffix, base_dir or Path.cwd())
-               for model_cfg in cfg.models]
+    reports = [run_model(cfg, model_cfg, tracker, registry, console, suffix,
+                         base_dir or Path.cwd()) for model_cfg in cfg.models]
     _print_summary(cfg, connection, reports, console)
     return reports
 
@@ -261,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run_pipeline(cfg, console, args.run_name, Path(args.config).resolve().parent)
-    except (PipelineError, DataError) as exc:
+    except (PipelineError, DataError, RegistryError) as exc:
         console.print(f"pipeline failed: {exc}", markup=False, highlight=False, style="red")
         return 1
     return 0

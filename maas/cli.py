@@ -2,6 +2,7 @@
 
     maas validate deploy.yaml      maas up       maas run deploy.yaml
     maas status                    maas down     maas serve-config deploy.yaml
+    maas models list | show NAME | promote NAME VERSION [--alias A] | rollback NAME | keygen
 
 Heavy libraries (Ray, torch, MLflow) are imported inside the commands that need them, so
 ``maas validate`` answers in well under a second.
@@ -9,6 +10,7 @@ Heavy libraries (Ray, torch, MLflow) are imported inside the commands that need 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -166,12 +168,127 @@ def run(config: Path = ConfigArg,
     ensure_auth_mode()
     from jobs.pipeline import PipelineError, run_pipeline
     from maas.data import DataError
+    from maas.registry import RegistryError
 
     try:
         run_pipeline(cfg, console, run_name, config.resolve().parent)
-    except (PipelineError, DataError) as exc:
+    except (PipelineError, DataError, RegistryError) as exc:
         err.print(f"pipeline failed: {exc}", markup=False, style="red")
         raise typer.Exit(1) from None
+
+
+models_app = typer.Typer(no_args_is_help=True,
+                         help="Registered models: versions, aliases, promote and roll back.")
+app.add_typer(models_app, name="models")
+ConfigOption = typer.Option(Path("deploy.yaml"), "--config", "-c",
+                            help="deploy.yaml whose registry to use; missing: the defaults")
+JsonOption = typer.Option(False, "--json", help="print JSON instead of tables")
+
+
+def _registry(config: Path):
+    """The registry ``config`` names (its state_dir, tracking and registry sections)."""
+    from maas.config import expand_state_dir, sqlite_uri
+    from maas.registry import Registry
+
+    if config.exists():
+        return Registry.from_config(_load(config))
+    state = expand_state_dir(DeployConfig.model_fields["state_dir"].default)
+    state.mkdir(parents=True, exist_ok=True)
+    return Registry(sqlite_uri(state))
+
+
+def _registry_call(action):
+    """Run ``action``; a RegistryError becomes its message on stderr and exit code 1."""
+    from maas.registry import RegistryError
+
+    try:
+        return action()
+    except RegistryError as exc:
+        err.print(str(exc), markup=False, highlight=False, style="red")
+        raise typer.Exit(1) from None
+
+
+def _print_wide(table: Table) -> None:
+    """A table at full width, also when stdout is a pipe or a job log (80 columns)."""
+    Console(width=max(console.width, 140), file=console.file).print(table)
+
+
+def _echo_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+@models_app.command("list")
+def models_list(config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Every registered model with its production and canary versions."""
+    models = _registry_call(lambda: _registry(config).models())
+    if as_json:
+        _echo_json([m.model_dump() for m in models])
+        return
+    table = Table(title="registered models")
+    for column in ("model", "production", "canary", "versions", "latest", "updated"):
+        table.add_column(column)
+    for m in models:
+        table.add_row(m.name, str(m.aliases.get("production", "-")),
+                      str(m.aliases.get("canary", "-")), str(m.versions),
+                      str(m.latest_version or "-"), m.updated_at)
+    _print_wide(table)
+
+
+@models_app.command("show")
+def models_show(name: str, config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
+    """One model's versions: aliases, variant, held-out metrics, hashes, source run."""
+    registry = _registry(config)
+    versions = _registry_call(lambda: registry.versions(name))
+    if as_json:
+        _echo_json({"name": name, "versions": [v.model_dump() for v in versions]})
+        return
+    table = Table(title=f"{name} in {registry.uri}")
+    for column in ("version", "aliases", "variant", "held-out", "size kB", "sha256", "encrypted",
+                   "created", "run"):
+        table.add_column(column)
+    for v in versions:
+        score = ", ".join(f"{k.removeprefix('held_out_')} {x:.4f}" for k, x in v.metrics.items()
+                          if k in ("held_out_accuracy", "held_out_rmse"))
+        size = v.metrics.get("size_bytes")
+        table.add_row(str(v.version), ", ".join(v.aliases), v.variant, score,
+                      "-" if size is None else f"{size / 1000:.1f}", v.sha256[:12],
+                      "yes" if v.encrypted else "no", v.created_at, (v.source_run or "-")[:12])
+    _print_wide(table)
+
+
+@models_app.command("promote")
+def models_promote(name: str, version: int,
+                   alias: str = typer.Option("production", "--alias", "-a",
+                                             help="production or canary"),
+                   config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Point ALIAS (default production) at VERSION, after verifying its artifact."""
+    registry = _registry(config)
+    previous = _registry_call(lambda: registry.promote(name, version, alias))
+    if as_json:
+        _echo_json({"name": name, "alias": alias, "version": version, "previous": previous})
+        return
+    was = "unset" if previous is None else f"version {previous}"
+    console.print(f"{name}: {alias} -> version {version} (was {was})", highlight=False)
+
+
+@models_app.command("rollback")
+def models_rollback(name: str, config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Move production back to the version that held it before the current one."""
+    registry = _registry(config)
+    current, target = _registry_call(lambda: registry.rollback(name))
+    if as_json:
+        _echo_json({"name": name, "alias": "production", "from": current, "to": target})
+        return
+    console.print(f"{name}: production -> version {target} (was version {current})",
+                  highlight=False)
+
+
+@models_app.command("keygen")
+def models_keygen() -> None:
+    """Print a new random AES-256 key for registry.encrypt (base64, for registry.key_env)."""
+    from maas.crypto import new_key
+
+    typer.echo(new_key())
 
 
 @app.command("serve-config")

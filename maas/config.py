@@ -242,6 +242,19 @@ class ServeConfig(StrictModel):
     max_rows: int = Field(1024, ge=1, description="rows allowed in one infer request")
 
 
+class PromotionConfig(StrictModel):
+    """When a newly registered version takes the ``production`` alias (and so, live traffic)."""
+
+    policy: Literal["auto", "manual"] = Field(
+        "auto", description="auto: promote when the gate passes; manual: alias it 'canary' and "
+                            "wait for `maas models promote`")
+    min_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="gate: held-out accuracy at least this (classifiers)")
+    max_regression: float = Field(
+        0.01, ge=0.0, description="gate: held-out accuracy at most this much below production's "
+                                  "(RMSE at most this much above, for regressors)")
+
+
 class ModelConfig(StrictModel):
     name: str
 
@@ -260,9 +273,13 @@ class ModelConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @model_validator(mode="after")
     def _variants_fit_the_model(self) -> ModelConfig:
+        if self.promotion.min_accuracy is not None and self.train.task != "classification":
+            raise ValueError("promotion.min_accuracy: accuracy needs train.loss: cross_entropy; "
+                             "gate regressors with promotion.max_regression")
         if self.optimize.variants and self.train.task != "classification":
             raise ValueError("optimize.variants: variants are ranked by accuracy, which needs "
                              "train.loss: cross_entropy")
@@ -272,12 +289,44 @@ class ModelConfig(StrictModel):
         return self
 
 
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class RegistryConfig(StrictModel):
+    """The MLflow Model Registry that holds every version, and how its artifacts are stored."""
+
+    uri: str | None = Field(None, description="MLflow registry URI; unset: the tracking URI")
+    encrypt: bool = Field(False, description="AES-256-GCM encrypt ONNX artifacts at rest")
+    key_env: str = Field(
+        "MAAS_MODEL_KEY",
+        description="environment variable holding the base64 32-byte key (never the key itself)")
+
+    @field_validator("key_env")
+    @classmethod
+    def _env_name(cls, name: str) -> str:
+        if not re.fullmatch(ENV_NAME_PATTERN, name):
+            raise ValueError("must be the name of an environment variable (letters, digits, '_'), "
+                             "not the key itself")
+        return name
+
+
+def expand_state_dir(state_dir: str) -> Path:
+    """``state_dir`` with ``~`` expanded, resolved on the machine that calls this."""
+    return Path(os.path.expanduser(state_dir)).resolve()
+
+
+def sqlite_uri(state_path: Path) -> str:
+    """The default MLflow tracking and registry database under ``state_path``."""
+    return f"sqlite:///{state_path / 'mlflow.db'}"
+
+
 class DeployConfig(StrictModel):
     """The whole of ``deploy.yaml``."""
 
-    state_dir: str = Field("~/.maas", min_length=1, description="models, runs, MLflow database")
+    state_dir: str = Field("~/.maas", min_length=1, description="runs and the MLflow database")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     models: list[ModelConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -292,11 +341,15 @@ class DeployConfig(StrictModel):
     @property
     def state_path(self) -> Path:
         """``state_dir`` with ``~`` expanded, resolved on the machine that reads it."""
-        return Path(os.path.expanduser(self.state_dir)).resolve()
+        return expand_state_dir(self.state_dir)
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
+        return self.tracking.uri or sqlite_uri(self.state_path)
+
+    @property
+    def registry_uri(self) -> str:
+        return self.registry.uri or self.tracking_uri
 
     def model(self, name: str) -> ModelConfig:
         for model in self.models:

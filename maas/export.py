@@ -85,7 +85,7 @@ def export_onnx(model: nn.Module, n_features: int, path: Path, cfg: ExportConfig
             )
     finally:
         registration_log.setLevel(previous_level)
-    graph_model = strip_debug_info(onnx.load(str(path)))
+    graph_model = compact_names(strip_debug_info(onnx.load(str(path))))
     onnx.checker.check_model(graph_model, full_check=True)
     onnx.save(graph_model, str(path))
     return path
@@ -102,15 +102,54 @@ def strip_debug_info(graph_model):
     return graph_model
 
 
-def ort_session(path: Path, threads: int = 1):
-    """An ONNX Runtime CPU session with explicit thread counts (no oversubscription)."""
+def compact_names(graph_model):
+    """Rename every initializer, intermediate tensor and node to a short generated name.
+
+    Names do not change what the graph computes, but the exporter's and the quantizers'
+    (``logits_model.net.4.weight_DequantizeLinear_Output``) are a tenth of an int8 digits model's
+    file. The graph's input and output names are the serving signature and stay as they are.
+    Graphs with subgraphs (If, Loop) are returned unchanged: their inner names would need the
+    same mapping.
+    """
+    import itertools
+
+    from onnx import AttributeProto
+
+    graph = graph_model.graph
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+           for node in graph.node for a in node.attribute):
+        return graph_model
+    kept = {v.name for v in graph.input} | {v.name for v in graph.output}
+    fresh = (f"t{i}" for i in itertools.count())
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in kept:
+            return name
+        if name not in mapping:
+            mapping[name] = next(n for n in fresh if n not in kept)
+        return mapping[name]
+
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    return graph_model
+
+
+def ort_session(model: Path | bytes, threads: int = 1):
+    """An ONNX Runtime CPU session, from a file or in-memory bytes, with explicit thread counts
+    (no oversubscription)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options,
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options,
                                 providers=["CPUExecutionProvider"])
 
 

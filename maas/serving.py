@@ -1,8 +1,9 @@
 """Turning ``deploy.yaml`` into Ray Serve applications: the serve config and live deploys.
 
 ``maas serve-config deploy.yaml`` prints :func:`serve_config` (the file ``serve deploy`` and
-KubeRay's ``serveConfigV2`` take); the pipeline deploys the same apps with :func:`deploy_model`,
-pinned to the version it has just published.
+KubeRay's ``serveConfigV2`` take), whose replicas load the registry's ``production`` version;
+the pipeline deploys the same apps with :func:`deploy_model`, pinned to the production version
+it has just resolved (a changed pin is what makes Serve roll the replicas).
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ def base_url(cfg: DeployConfig) -> str:
 
 
 def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None) -> dict[str, Any]:
-    """The ``serve_apps.inference`` args for ``model`` (``version`` None: the latest at start)."""
+    """The ``serve_apps.inference`` args for ``model``: ``version`` pinned, or None for the
+    registry's ``production`` alias as it is when each replica starts."""
     return {
         "name": model.name,
         # Unexpanded on purpose: '~' resolves on the replica's machine, so the same serve
         # config works from a laptop, a `ray up` head or a KubeRay pod.
         "state_dir": cfg.state_dir,
+        "registry_uri": cfg.registry.uri or cfg.tracking.uri,
         "version": version,
+        "alias": "production",
+        "key_env": cfg.registry.key_env,
         "num_replicas": model.serve.num_replicas,
         "num_cpus": model.serve.cpus_per_replica,
         "ort_threads": model.serve.ort_threads,

@@ -70,9 +70,6 @@ class Tracker:
         for key, value in metrics.items():
             self.client.log_metric(run_id, key, float(value))
 
-    def log_artifact(self, run_id: str, path: Path) -> None:
-        self.client.log_artifact(run_id, str(path))
-
     def log_training_curve(self, run_id: str, title: str) -> None:
         """Plot the per-epoch loss and accuracy histories and attach ``training_curve.png``."""
         import matplotlib

@@ -51,6 +51,11 @@ def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProce
     return done
 
 
+def _models(env: dict, *args: str) -> object:
+    """``maas models ... --json`` with deploy.yaml's registry (the one under $HOME/.maas)."""
+    return json.loads(_run(["maas", "models", *args, "--json"], env, timeout=120).stdout)
+
+
 def _readme_curl() -> tuple[str, str]:
     readme = (REPO / "README.md").read_text()
     match = re.search(r"curl -s -X POST (\S+) -H 'Content-Type: application/json' \\\n\s*-d '([^']+)'",
@@ -68,7 +73,7 @@ def test_up_submit_serve_status_down(user_env):
     job = _run(["ray", "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir",
                 ".", "--", "python", "-m", "jobs.pipeline", "deploy.yaml"], user_env, timeout=900)
     # The shipped deploy.yaml: an MLP and a CNN on digits, each trained in under 3 minutes.
-    accuracies = [float(a) for a in re.findall(r"held-out accuracy ([0-9.]+)", job.stdout)]
+    accuracies = [float(a) for a in re.findall(r"held-out accuracy ([0-9.]+), loss", job.stdout)]
     train_times = dict(re.findall(r"\[1/4\] train (\S+) as .* done in ([0-9.]+)s", job.stdout))
     assert len(accuracies) == 2 and set(train_times) == {"digits", "digits-cnn"}, job.stdout[-3000:]
     assert accuracies[0] >= 0.95, f"MLP held-out accuracy {accuracies[0]}"
@@ -83,20 +88,35 @@ def test_up_submit_serve_status_down(user_env):
     assert reply.json()["model_name"] == "digits"
     label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
     assert label["data"] == [0]
-    published = Path(user_env["HOME"]) / ".maas" / "models" / "digits" / "1"
-    assert (published / "model.onnx").is_file()
-    # deploy.yaml asks for every optimize variant: the table is printed, one is published.
-    manifest = json.loads((published / "manifest.json").read_text())
-    assert manifest["variant"] in {"fp32", "int8_dynamic", "int8_static", "prune_l1",
-                                   "prune_structured", "distill"}
+    # deploy.yaml asks for every optimize variant: the table is printed, one is registered.
+    (digits,) = _models(user_env, "show", "digits")["versions"]
+    assert digits["variant"] in {"fp32", "int8_dynamic", "int8_static", "prune_l1",
+                                 "prune_structured", "distill"}
+    assert digits["aliases"] == ["production"] and len(digits["sha256"]) == 64
     selected_rows = [line for line in job.stdout.splitlines() if "selected" in line]
-    assert any(manifest["variant"] in line for line in selected_rows), job.stdout[-4000:]
+    assert any(digits["variant"] in line for line in selected_rows), job.stdout[-4000:]
     assert all(name in job.stdout for name in ("int8_static", "prune_structured", "distill"))
 
     status = _run(["maas", "status"], user_env, timeout=120).stdout
     assert "model-digits" in status and "RUNNING" in status
     assert "http://127.0.0.1:8000/v2/models/digits" in status
     assert "SUCCEEDED" in status
+
+    # `make demo` once more (`maas run deploy.yaml` on the running head): a second version of
+    # each model, then the models commands on the registry those runs leave behind.
+    _run(["maas", "run", "deploy.yaml"], user_env, timeout=900)
+    listed = {m["name"]: m for m in _models(user_env, "list")}
+    assert {name: m["versions"] for name, m in listed.items()} == {"digits": 2, "digits-cnn": 2}
+    versions = _models(user_env, "show", "digits")["versions"]
+    assert [v["version"] for v in versions] == [1, 2]
+    assert versions[0]["source_run"] != versions[1]["source_run"]
+    assert _models(user_env, "promote", "digits", "1")["version"] == 1
+    assert _models(user_env, "promote", "digits", "2")["previous"] == 1
+    assert _models(user_env, "promote", "digits", "1", "--alias", "canary")["alias"] == "canary"
+    assert _models(user_env, "rollback", "digits") == {"name": "digits", "alias": "production",
+                                                        "from": 2, "to": 1}
+    aliases = {v["version"]: v["aliases"] for v in _models(user_env, "show", "digits")["versions"]}
+    assert aliases == {1: ["canary", "production"], 2: []}
 
     down = _run(["maas", "down"], user_env, timeout=180)
     assert "no Ray processes left" in down.stdout

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import requests
 
-from maas import artifacts
 from maas.data import load_splits
 from maas.export import ort_session
+from maas.registry import Registry, config_hash
 from maas.serving import deploy_model, model_app_name
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,11 @@ def report(deploy_cfg):
     yield result
     serve.delete(model_app_name("digits"))
     serve.delete("maas")
+
+
+@pytest.fixture(scope="module")
+def registry(deploy_cfg) -> Registry:
+    return Registry.from_config(deploy_cfg)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +48,16 @@ def _infer_body(rows: np.ndarray) -> dict:
 def test_pipeline_trains_exports_and_serves(report, deploy_cfg):
     assert report.held_out_accuracy >= 0.90
     assert report.max_abs_diff <= deploy_cfg.models[0].export.parity_atol
-    assert report.version == 1
+    assert report.version == 1 and report.variant == "fp32"
+    assert report.promoted and report.served_version == 1
+    assert "version 1 promoted to production" in report.promotion
     assert report.endpoint == (f"http://127.0.0.1:{deploy_cfg.cluster.http_port}"
                                f"/v2/models/digits/infer")
     assert report.served_answer in range(10)
     assert report.run_name.startswith("digits-")
 
 
-def test_served_predictions_equal_local_onnx_runtime(report, base, splits):
+def test_served_predictions_equal_local_onnx_runtime(report, base, splits, registry):
     rows = splits.x_test[:64]
     reply = requests.post(f"{base}/v2/models/digits/infer", json=_infer_body(rows), timeout=30)
     assert reply.status_code == 200, reply.text
@@ -59,7 +66,8 @@ def test_served_predictions_equal_local_onnx_runtime(report, base, splits):
     outputs = {o["name"]: o for o in body["outputs"]}
     assert outputs["probabilities"]["shape"] == [64, 10]
     served_labels = np.array(outputs["label"]["data"])
-    local_probs, local_labels = ort_session(report.onnx_path).run(None, {"input": rows})
+    model_bytes = registry.load(registry.get("digits"))
+    local_probs, local_labels = ort_session(model_bytes).run(None, {"input": rows})
     np.testing.assert_array_equal(served_labels, local_labels)
     np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(64, 10),
                                local_probs, atol=1e-6)
@@ -130,18 +138,35 @@ def test_mlflow_run_records_params_and_every_epoch(report, deploy_cfg):
     assert len(losses) == deploy_cfg.models[0].train.epochs
     assert losses[-1].value < losses[0].value
     assert run.data.tags["maas.data_fingerprint"]
+    assert run.data.tags["maas.registered_version"] == "1"
     artifact_names = {a.path for a in client.list_artifacts(report.mlflow_run_id)}
-    assert {"model.onnx", "training_curve.png", "config.json"} <= artifact_names
+    assert {"registered", "training_curve.png", "config.json"} <= artifact_names
 
 
-def test_deploying_a_new_version_switches_what_is_served(report, deploy_cfg, base, splits):
-    from pathlib import Path
+def test_the_registered_version_records_its_lineage(report, deploy_cfg, registry):
+    info = registry.get("digits", report.version)
+    run = registry.client.get_run(report.mlflow_run_id)
+    assert info.source_run == report.mlflow_run_id
+    assert info.data_fingerprint == run.data.tags["maas.data_fingerprint"]
+    assert info.config_hash == config_hash(deploy_cfg.models[0])
+    assert info.metrics["held_out_accuracy"] == pytest.approx(report.held_out_accuracy)
+    assert info.aliases == ["production"] and info.variant == "fp32"
+    assert info.source.startswith(run.info.artifact_uri + "/registered/digits/")
 
+
+def test_deploying_a_new_version_switches_what_is_served(report, deploy_cfg, base, splits,
+                                                          registry, tmp_path):
     model_cfg = deploy_cfg.models[0]
-    manifest = artifacts.publish(deploy_cfg.state_path, "digits", Path(report.onnx_path),
-                                 {"held_out_accuracy": report.held_out_accuracy}, "fp", None, "-")
-    assert manifest.version == 2
-    deploy_model(deploy_cfg, model_cfg, manifest.version)
+    current = registry.get("digits")
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(registry.load(current))
+    info = registry.register("digits", copy, run_id=report.mlflow_run_id,
+                             metrics=current.metrics, variant=current.variant,
+                             data_fingerprint=current.data_fingerprint,
+                             config_digest=current.config_hash)
+    assert info.version == 2
+    assert registry.promote("digits", info.version) == 1
+    deploy_model(deploy_cfg, model_cfg, info.version)
     reply = requests.post(f"{base}/v2/models/digits/infer", json=_infer_body(splits.x_test[:1]),
                           timeout=30)
     assert reply.status_code == 200 and reply.json()["model_version"] == "2"

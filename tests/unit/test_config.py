@@ -50,6 +50,14 @@ def test_defaults_fill_every_section():
         ({}, "models: required key is missing"),
         ([1, 2], "(top level): expected a mapping"),
         ({"models": [{"name": "m"}, {"name": "m"}]}, "name 'm' appears twice"),
+        ({"registry": {"key_env": "my key"}, "models": [{"name": "m"}]},
+         "registry.key_env: must be the name of an environment variable"),
+        ({"registry": {"encrypt": "maybe"}, "models": [{"name": "m"}]},
+         "registry.encrypt: must be a valid boolean"),
+        ({"models": [{"name": "m", "promotion": {"policy": "always"}}]},
+         "models[0].promotion.policy: must be 'auto' or 'manual', got 'always'"),
+        ({"models": [{"name": "m", "train": {"loss": "mse"}, "promotion": {"min_accuracy": 0.9}}]},
+         "promotion.min_accuracy: accuracy needs train.loss: cross_entropy"),
     ],
 )
 def test_each_mistake_names_its_key_path(doc, expected):
