@@ -46,6 +46,7 @@ test-e2e: setup
 bench: setup
 	$(BIN)/python bench/export_bench.py
 	$(BIN)/python bench/optimize_bench.py
+	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/train_bench.py
 
 clean:

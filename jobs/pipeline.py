@@ -34,7 +34,7 @@ from maas.models import evaluate
 from maas.optimize import BASELINE, VariantResult, build_variants, select
 from maas.registry import CANARY, Registry, RegistryError, VersionInfo, config_hash, gate
 from maas.oip import InferenceResponse
-from maas.serving import base_url, deploy_model
+from maas.serving import base_url, deploy_model, wait_for_version
 from maas.tracking import Tracker
 
 STAGES = 4
@@ -237,7 +237,8 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, regis
             console.print(f"[yellow]{name} has no production version: nothing to serve[/]")
         else:
             with _stage(console, 3, f"serve {name} version {production.version} on Ray Serve"):
-                endpoint = deploy_model(cfg, model_cfg, production.version)
+                endpoint = deploy_model(cfg, model_cfg)
+                wait_for_version(cfg, model_cfg, production.version)
             with _stage(console, 4, f"send one held-out row to {endpoint}"):
                 answer = _ask_served_model(endpoint, row, splits.y_test[0].tolist(), console)
         ok = True

@@ -49,6 +49,14 @@ def ensure_auth_mode() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", AUTH_MODE)
 
 
+def serve_env(cfg: ClusterConfig) -> dict[str, str]:
+    """The environment Ray's processes need for ``cluster.serve_ingress``: Serve reads these
+    when its controller, proxies and replicas start, so they go to the head (`maas up`, or an
+    embedded head), not to a client."""
+    haproxy = "1" if cfg.serve_ingress == "haproxy" else "0"
+    return {"RAY_SERVE_ENABLE_HA_PROXY": haproxy, "RAY_SERVE_THROUGHPUT_OPTIMIZED": haproxy}
+
+
 def _ray_bin(name: str) -> str:
     """The `ray`/`serve` executable of this Python environment, not whatever PATH finds first."""
     candidate = Path(sys.executable).parent / name
@@ -76,6 +84,7 @@ def connect(cfg: ClusterConfig) -> Connection:
         return Connection("local", ray.get_runtime_context().gcs_address, dashboard_url())
     except ConnectionError:
         pass
+    os.environ.update(serve_env(cfg))  # inherited by the embedded head's processes
     ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
              include_dashboard=True, dashboard_host=cfg.dashboard_host,
              dashboard_port=cfg.dashboard_port, log_to_driver=True)
@@ -112,6 +121,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 def up(cfg: ClusterConfig) -> None:
     """Start a detached local Ray head with token auth, the dashboard and Serve's HTTP proxy."""
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", AUTH_MODE)}
+    env |= serve_env(cfg)
     env.pop("RAY_ADDRESS", None)
     # Job entrypoints (`python -m jobs.pipeline ...`) run with the head's PATH: put this
     # environment's interpreter first, so jobs see the packages maas was installed with.

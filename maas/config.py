@@ -42,6 +42,10 @@ class ClusterConfig(StrictModel):
     metrics_port: int = Field(8090, ge=1, le=65535, description="Prometheus metrics export port")
     http_host: str = Field("127.0.0.1", description="Ray Serve HTTP proxy bind address")
     http_port: int = Field(8000, ge=1, le=65535)
+    serve_ingress: Literal["haproxy", "python"] = Field(
+        "haproxy", description="haproxy: HAProxy routes HTTP straight to the replicas, with "
+                               "Serve's throughput settings (measured ~4x the python proxy's "
+                               "req/s here); python: Serve's default proxy actor")
 
 
 class TrackingConfig(StrictModel):
@@ -235,11 +239,56 @@ class OptimizeConfig(StrictModel):
     latency_runs: int = Field(200, ge=10, le=100_000, description="timed calls per batch size")
 
 
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling of one model's replicas, by ongoing requests per replica."""
+
+    min_replicas: int = Field(1, ge=0, le=256)
+    max_replicas: int = Field(4, ge=1, le=256)
+    initial_replicas: int | None = Field(None, ge=0, le=256, description="unset: min_replicas")
+    target_ongoing_requests: float = Field(
+        8.0, gt=0.0, description="requests in flight per replica that autoscaling aims for")
+    upscale_delay_s: float = Field(3.0, ge=0.0)
+    downscale_delay_s: float = Field(30.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas "
+                             f"{self.min_replicas}")
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(f"initial_replicas {initial} must lie between min_replicas and "
+                             f"max_replicas")
+        return self
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching: concurrent requests to one version run as one ONNX Runtime call."""
+
+    max_batch_size: int = Field(16, ge=1, le=4096, description="requests per call; 1: off")
+    wait_ms: float = Field(
+        0.0, ge=0.0, le=1000.0,
+        description="longest a request waits for others to join its batch; 0: a batch is what "
+                    "queued while the last one ran (measured best here: 1 ms of waiting cost "
+                    "3 ms of p50 at low load and gained no throughput)")
+
+
 class ServeConfig(StrictModel):
-    num_replicas: int = Field(1, ge=1, le=64)
+    num_replicas: int = Field(1, ge=1, le=64, description="fixed replicas, without autoscaling")
+    autoscaling: AutoscalingConfig | None = Field(None, description="set: replaces num_replicas")
     cpus_per_replica: float = Field(0.25, gt=0.0)
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
     max_rows: int = Field(1024, ge=1, description="rows allowed in one infer request")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    canary_weight: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="share of unversioned requests sent to the 'canary' version, when one is set")
+    alias_poll_s: float = Field(
+        2.0, gt=0.0, le=3600.0,
+        description="how often replicas re-read the production and canary aliases")
+    access_log: bool = Field(
+        False, description="Serve's per-request access log lines (a measurable cost per request)")
 
 
 class PromotionConfig(StrictModel):

@@ -289,6 +289,14 @@ class Registry:
     def _aliases(self, name: str) -> dict[str, int]:
         return {alias: int(v) for alias, v in self._registered(name).aliases.items()}
 
+    def aliases(self, name: str) -> dict[str, int]:
+        """Alias -> version of ``name`` (one query; replicas poll it)."""
+        return self._aliases(name)
+
+    def version_numbers(self, name: str) -> list[int]:
+        return sorted(int(mv.version) for mv in
+                      self.client.search_model_versions(f"name = '{name}'"))
+
     def get(self, name: str, ref: int | str | None = None) -> VersionInfo:
         """A version by number, or by alias (``None``: ``production``)."""
         from mlflow.exceptions import MlflowException
@@ -331,8 +339,7 @@ class Registry:
     def models(self) -> list[ModelSummary]:
         summaries = []
         for rm in self.client.search_registered_models(order_by=["name ASC"]):
-            numbers = [int(mv.version) for mv in
-                       self.client.search_model_versions(f"name = '{rm.name}'")]
+            numbers = self.version_numbers(rm.name)
             summaries.append(ModelSummary(
                 name=rm.name, description=rm.description or "",
                 aliases={a: int(v) for a, v in rm.aliases.items()}, versions=len(numbers),

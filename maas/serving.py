@@ -2,8 +2,8 @@
 
 ``maas serve-config deploy.yaml`` prints :func:`serve_config` (the file ``serve deploy`` and
 KubeRay's ``serveConfigV2`` take), whose replicas load the registry's ``production`` version;
-the pipeline deploys the same apps with :func:`deploy_model`, pinned to the production version
-it has just resolved (a changed pin is what makes Serve roll the replicas).
+the pipeline deploys the same apps with :func:`deploy_model`. Replicas re-read the aliases
+themselves, so a promotion needs no redeploy.
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ def base_url(cfg: DeployConfig) -> str:
     return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{cfg.cluster.http_port}"
 
 
-def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None) -> dict[str, Any]:
-    """The ``serve_apps.inference`` args for ``model``: ``version`` pinned, or None for the
-    registry's ``production`` alias as it is when each replica starts."""
+def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None = None
+                   ) -> dict[str, Any]:
+    """The ``serve_apps.inference`` args for ``model``. ``version`` None (the default): the
+    replicas follow the registry's ``production`` and ``canary`` aliases."""
+    serve_cfg = model.serve
+    autoscaling = (None if serve_cfg.autoscaling is None
+                   else serve_cfg.autoscaling.model_dump(exclude_none=True))
     return {
         "name": model.name,
         # Unexpanded on purpose: '~' resolves on the replica's machine, so the same serve
@@ -41,12 +45,18 @@ def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None) -
         "state_dir": cfg.state_dir,
         "registry_uri": cfg.registry.uri or cfg.tracking.uri,
         "version": version,
-        "alias": "production",
         "key_env": cfg.registry.key_env,
-        "num_replicas": model.serve.num_replicas,
-        "num_cpus": model.serve.cpus_per_replica,
-        "ort_threads": model.serve.ort_threads,
-        "max_rows": model.serve.max_rows,
+        "num_replicas": serve_cfg.num_replicas,
+        "autoscaling": autoscaling,
+        "num_cpus": serve_cfg.cpus_per_replica,
+        "ort_threads": serve_cfg.ort_threads,
+        "max_rows": serve_cfg.max_rows,
+        "max_body_bytes": serve_cfg.max_body_bytes,
+        "max_batch_size": serve_cfg.batching.max_batch_size,
+        "batch_wait_ms": serve_cfg.batching.wait_ms,
+        "canary_weight": serve_cfg.canary_weight,
+        "alias_poll_s": serve_cfg.alias_poll_s,
+        "access_log": serve_cfg.access_log,
     }
 
 
@@ -63,15 +73,16 @@ def serve_config(cfg: DeployConfig) -> dict[str, Any]:
             "name": model_app_name(model.name),
             "route_prefix": model_route(model.name),
             "import_path": "serve_apps.inference:build_app",
-            "args": inference_args(cfg, model, version=None),
+            "args": inference_args(cfg, model),
         })
     # No http_options: the proxy's bind address belongs to the cluster (`maas up` on a laptop,
     # KubeRay in a pod), and Serve ignores new ones once it is running anyway.
     return {"applications": applications}
 
 
-def deploy_model(cfg: DeployConfig, model: ModelConfig, version: int) -> str:
-    """Deploy (or roll to) ``version`` of ``model`` and wait until it serves; return its URL."""
+def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
+    """Deploy ``model``'s app (a no-op when it already runs with these settings: its replicas
+    pick up alias changes themselves) and wait until it serves; return its infer URL."""
     from ray import serve
 
     from serve_apps import inference, server
@@ -80,6 +91,30 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig, version: int) -> str:
     serve.start(proxy_location="HeadOnly",
                 http_options={"host": cfg.cluster.http_host, "port": cfg.cluster.http_port})
     serve.run(server.build_app({}), name=SERVER_APP, route_prefix=SERVER_ROUTE)
-    serve.run(inference.build_app(inference_args(cfg, model, version)),
+    serve.run(inference.build_app(inference_args(cfg, model)),
               name=model_app_name(model.name), route_prefix=model_route(model.name))
     return f"{base_url(cfg)}{model_route(model.name)}/infer"
+
+
+def wait_for_version(cfg: DeployConfig, model: ModelConfig, version: int,
+                     timeout_s: float | None = None) -> None:
+    """Poll the model's ready route until its unversioned URL serves ``version``: replicas
+    swap within ``serve.alias_poll_s`` of a promotion."""
+    import time
+
+    import requests
+
+    url = f"{base_url(cfg)}{model_route(model.name)}/ready"
+    deadline = time.monotonic() + (timeout_s or 30.0 + 5 * model.serve.alias_poll_s)
+    seen = None
+    while time.monotonic() < deadline:
+        try:
+            reply = requests.get(url, timeout=10)
+            seen = reply.json().get("version") if reply.status_code == 200 else reply.status_code
+        except (requests.RequestException, ValueError) as exc:
+            seen = type(exc).__name__
+        if seen == str(version):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} still answers {seen!r}, not version {version}, after the "
+                       f"replicas' alias poll; see the replica logs in the Ray dashboard")

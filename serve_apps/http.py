@@ -20,16 +20,43 @@ def _field_path(loc: tuple) -> str:
     return path or "body"
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def validation_message(errors: list[dict]) -> str:
+    """Pydantic errors as one line, each problem naming its field (``inputs[0].shape``)."""
     problems = []
-    for error in exc.errors():
+    for error in errors:
+        loc = tuple(p for p in error["loc"] if p != "body")
         if error["type"] == "json_invalid":
             problems.append(f"body: not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})")
-        elif tuple(error["loc"]) == ("body",):
+        elif not loc:
             problems.append("body: must be a JSON object (send Content-Type: application/json)")
         else:
-            problems.append(f"{_field_path(tuple(error['loc']))}: {error['msg']}")
+            problems.append(f"{_field_path(loc)}: {error['msg']}")
     return "; ".join(problems)
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The request body, refused before it is all read when it is larger than ``limit``
+    (413), and refused when it is declared as something other than JSON (415)."""
+    content_type = request.headers.get("content-type")
+    if content_type:
+        media = content_type.split(";")[0].strip().lower()
+        if media not in ("application/json", "text/plain") and not media.endswith("+json"):
+            raise InferError(415, f"content-type: {media!r} is not accepted; send the body as "
+                                  f"JSON with Content-Type: application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InferError(413, f"body: {int(declared)} bytes is more than the {limit} allowed "
+                              f"(serve.max_body_bytes); send fewer rows per request")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # a body sent without (or with a false) Content-Length
+            raise InferError(413, f"body: more than the {limit} bytes allowed "
+                                  f"(serve.max_body_bytes); send fewer rows per request")
+        chunks.append(chunk)
+    if not size:
+        raise InferError(400, "body: empty; send an inference request as JSON")
+    return b"".join(chunks)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -46,7 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(exc)}, status_code=400)
+        return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
 
 
 class PrefixRoot:

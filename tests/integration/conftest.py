@@ -1,5 +1,6 @@
 """One local Ray cluster (2 CPUs, like the CI machine) and one Serve instance per test session."""
 
+import os
 import socket
 from pathlib import Path
 
@@ -15,15 +16,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_port() -> int:
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_port(metrics_port: int) -> int:
     """A local Ray cluster and Serve on a free port; both are shut down after the session."""
+    from maas.cluster import serve_env
+    from maas.config import ClusterConfig
+
+    # Serve's python proxy here: under HAProxy every deploy and delete took 30-60 s on this
+    # machine, which would double this tier's time. tests/e2e runs the default (haproxy)
+    # through `maas up`, and bench/serve_bench.py measures both.
+    os.environ.update(serve_env(ClusterConfig(serve_ingress="python")))
     import ray
     from ray import serve
 
     # address="local": a private cluster, even when `maas up` runs one on this machine. The
     # dashboard serves Ray's state API, which the fault tests use to find worker processes.
     ray.init(address="local", num_cpus=2, include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=_free_port())
+             dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+             _metrics_export_port=metrics_port)
     port = _free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     yield port

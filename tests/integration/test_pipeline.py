@@ -7,7 +7,7 @@ import requests
 from maas.data import load_splits
 from maas.export import ort_session
 from maas.registry import Registry, config_hash
-from maas.serving import deploy_model, model_app_name
+from maas.serving import model_app_name, wait_for_version
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,7 @@ def test_the_registered_version_records_its_lineage(report, deploy_cfg, registry
     assert info.source.startswith(run.info.artifact_uri + "/registered/digits/")
 
 
-def test_deploying_a_new_version_switches_what_is_served(report, deploy_cfg, base, splits,
+def test_promoting_a_new_version_switches_what_is_served(report, deploy_cfg, base, splits,
                                                           registry, tmp_path):
     model_cfg = deploy_cfg.models[0]
     current = registry.get("digits")
@@ -166,8 +166,12 @@ def test_deploying_a_new_version_switches_what_is_served(report, deploy_cfg, bas
                              config_digest=current.config_hash)
     assert info.version == 2
     assert registry.promote("digits", info.version) == 1
-    deploy_model(deploy_cfg, model_cfg, info.version)
+    # No redeploy: the replicas notice the alias and swap the verified new version in.
+    wait_for_version(deploy_cfg, model_cfg, info.version)
     reply = requests.post(f"{base}/v2/models/digits/infer", json=_infer_body(splits.x_test[:1]),
                           timeout=30)
     assert reply.status_code == 200 and reply.json()["model_version"] == "2"
-    assert requests.get(f"{base}/v2/models/digits", timeout=10).json()["versions"] == ["2"]
+    assert requests.get(f"{base}/v2/models/digits", timeout=10).json()["versions"] == ["1", "2"]
+    pinned = requests.post(f"{base}/v2/models/digits/versions/1/infer",
+                           json=_infer_body(splits.x_test[:1]), timeout=30)
+    assert pinned.status_code == 200 and pinned.json()["model_version"] == "1"

@@ -1,0 +1,79 @@
+"""A closed-loop HTTP load generator: C concurrent clients POST the same body for D seconds.
+
+    python bench/loadgen.py URL BODY.json --concurrency 32 --seconds 5
+
+Runs in its own process (aiohttp, one event loop) so that its CPU is spent apart from the
+server under test, and prints JSON: requests, errors, seconds, req/s and latency percentiles.
+Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+async def _client(session, url: str, body: bytes, until: float, latencies: list[float],
+                  errors: list[int]) -> None:
+    headers = {"Content-Type": "application/json"}
+    while time.perf_counter() < until:
+        started = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=headers) as reply:
+                await reply.read()
+                ok = reply.status == 200
+        except Exception:  # counted, not raised: a load test reports failures
+            ok = False
+        if ok:
+            latencies.append(time.perf_counter() - started)
+        else:
+            errors.append(1)
+
+
+async def run(url: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+    import aiohttp
+
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit("loadgen sends traffic to 127.0.0.1 only")
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+        warm: list[float] = []
+        await asyncio.gather(*(_client(session, url, body, time.perf_counter() + warmup, warm,
+                                       []) for _ in range(concurrency)))
+        latencies: list[float] = []
+        errors: list[int] = []
+        started = time.perf_counter()
+        until = started + seconds
+        await asyncio.gather(*(_client(session, url, body, until, latencies, errors)
+                               for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000.0 \
+            if latencies else float("nan")
+
+    return {"requests": len(latencies), "errors": len(errors), "seconds": elapsed,
+            "req_per_s": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("body", help="file with the JSON request body")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.url, Path(args.body).read_bytes(), args.concurrency,
+                             args.seconds, args.warmup))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

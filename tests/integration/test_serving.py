@@ -1,0 +1,277 @@
+"""The served Open Inference Protocol API on a real Serve app: conformance (tritonclient),
+versions, canary, promotion under load, batching, limits, autoscaling."""
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from maas.config import DataConfig, ExportConfig, ModelArchConfig, ModelConfig
+from maas.data import load_splits
+from maas.export import export_onnx, ort_session
+from maas.models import model_for
+from maas.registry import CANARY, Registry
+from maas.serving import deploy_model, model_app_name, wait_for_version
+from maas.tracking import Tracker
+
+pytestmark = pytest.mark.integration
+NAME = "served"
+
+
+def _model_cfg(**serve) -> ModelConfig:
+    return ModelConfig(name=NAME, serve={"alias_poll_s": 0.5, "max_body_bytes": 2**20,
+                                         "canary_weight": 0.3} | serve)
+
+
+@pytest.fixture(scope="module")
+def served(deploy_cfg, tmp_path_factory):
+    """Two registered versions of a small digits MLP (different seeds), version 1 in
+    production and served; the app is deleted after the module."""
+    from ray import serve
+
+    registry = Registry.from_config(deploy_cfg)
+    run_id = Tracker(deploy_cfg).start("served-test", params={}, tags={})
+    splits = load_splits(DataConfig())
+    folder = tmp_path_factory.mktemp("served")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = model_for(ModelArchConfig(hidden=[32]), splits).eval()
+        path = export_onnx(model, splits.n_features, folder / f"m{seed}.onnx", ExportConfig())
+        registry.register(NAME, path, run_id=run_id, metrics={}, variant="fp32",
+                          data_fingerprint=splits.fingerprint, config_digest="test")
+    registry.promote(NAME, 1)
+    deploy_model(deploy_cfg, _model_cfg())
+    wait_for_version(deploy_cfg, _model_cfg(), 1)
+    sessions = {v: ort_session(registry.load(registry.get(NAME, v))) for v in (1, 2)}
+    yield {"registry": registry, "splits": splits, "sessions": sessions, "folder": folder,
+           "base": f"http://127.0.0.1:{deploy_cfg.cluster.http_port}"}
+    serve.delete(model_app_name(NAME))
+    serve.delete("maas")
+
+
+def _body(rows: np.ndarray, **extra) -> dict:
+    return {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+                        "data": rows.tolist()}]} | extra
+
+
+def test_tritonclient_sees_a_conformant_server(served, deploy_cfg):
+    import tritonclient.http as triton
+
+    x = served["splits"].x_test[:5]
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{deploy_cfg.cluster.http_port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(NAME) and client.is_model_ready(NAME, "2")
+    assert client.get_server_metadata()["name"] == "maas"
+    meta = client.get_model_metadata(NAME)
+    assert meta["versions"] == ["1", "2"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert client.get_model_metadata(NAME, "2")["versions"] == ["2"]
+
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=False)
+    wanted = [triton.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
+    for version, expected in (("", 1), ("2", 2)):
+        result = client.infer(NAME, [tensor], model_version=version, outputs=wanted,
+                              request_id="r-1")
+        response = result.get_response()
+        assert response["model_name"] == NAME and response["model_version"] == str(expected)
+        assert response["id"] == "r-1"
+        probabilities, labels = served["sessions"][expected].run(None, {"input": x})
+        np.testing.assert_array_equal(result.as_numpy("label"), labels)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, atol=1e-6)
+    client.close()
+
+
+@pytest.mark.parametrize("path, fragment", [
+    ("/versions/9/infer", "has no version 9"),
+    ("/versions/abc/infer", "has no version 'abc'"),
+    ("/versions/0", "has no version '0'"),
+])
+def test_unknown_versions_are_404(served, path, fragment):
+    reply = requests.post(f"{served['base']}/v2/models/{NAME}{path}",
+                          json=_body(served["splits"].x_test[:1]), timeout=30) \
+        if path.endswith("infer") else \
+        requests.get(f"{served['base']}/v2/models/{NAME}{path}", timeout=30)
+    assert reply.status_code == 404, reply.text
+    assert fragment in reply.json()["error"]
+
+
+@pytest.mark.parametrize("send, status, fragment", [
+    (dict(data=b"x" * (2**20 + 10)), 413, "serve.max_body_bytes"),
+    (dict(data=b'{"inputs": []}', headers={"Content-Type": "application/x-www-form-urlencoded"}),
+     415, "Content-Type: application/json"),
+    (dict(data=b""), 400, "body: empty"),
+    (dict(data=b'{"inputs": "\xff\xfe"}'), 400, "not valid JSON"),
+    (dict(data=b"[1, 2]"), 400, "body: must be a JSON object"),
+    (dict(data=b"[" * 100_000), 400, "not valid JSON"),
+    (dict(data=b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", '
+               b'"data": [NaN' + b', 0' * 63 + b']}]}'), 400, "NaN"),
+    (dict(json={"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                            "data": [1e39] + [0.0] * 63}]}), 400, "NaN and infinity"),
+    (dict(json={"inputs": [{"name": "input", "shape": [2000, 64], "datatype": "FP32",
+                            "data": [0]}]}), 400, "inputs[0].shape[0]: at most 1024 rows"),
+    (dict(json={"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                            "data": [0] * 64, "extra": 1}]}), 400, "inputs[0].extra"),
+])
+def test_bad_bodies_get_a_4xx_naming_the_problem(served, send, status, fragment):
+    reply = requests.post(f"{served['base']}/v2/models/{NAME}/infer", timeout=30, **send)
+    assert reply.status_code == status, reply.text
+    assert fragment in reply.json()["error"]
+
+
+def test_concurrent_requests_are_batched_but_answered_row_by_row(served):
+    x = served["splits"].x_test[:48]
+    expected = served["sessions"][1].run(["label"], {"input": x})[0]
+
+    def ask(i: int) -> list[int]:
+        rows = x[i:i + 1 + i % 3]
+        reply = requests.post(f"{served['base']}/v2/models/{NAME}/infer",
+                              json=_body(rows, outputs=[{"name": "label"}]), timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["outputs"][0]["data"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(32)))
+    for i, labels in enumerate(answers):
+        assert labels == expected[i:i + 1 + i % 3].tolist()
+
+
+def _versions_served(base: str, n: int, x: np.ndarray) -> Counter:
+    def ask(_: int) -> str:
+        return requests.post(f"{base}/v2/models/{NAME}/infer", json=_body(x),
+                             timeout=30).json()["model_version"]
+
+    with ThreadPoolExecutor(8) as pool:
+        return Counter(pool.map(ask, range(n)))
+
+
+def test_canary_takes_its_weight_of_unversioned_traffic(served):
+    registry, x = served["registry"], served["splits"].x_test[:1]
+    registry.promote(NAME, 2, CANARY)
+    deadline = time.monotonic() + 20
+    while "2" not in _versions_served(served["base"], 20, x) and time.monotonic() < deadline:
+        pass
+    counts = _versions_served(served["base"], 400, x)
+    assert set(counts) == {"1", "2"}
+    assert 0.2 <= counts["2"] / 400 <= 0.4, counts  # canary_weight 0.3
+    registry.client.delete_registered_model_alias(NAME, CANARY)
+    deadline = time.monotonic() + 20
+    while _versions_served(served["base"], 40, x).get("2") and time.monotonic() < deadline:
+        pass
+    assert _versions_served(served["base"], 100, x) == Counter({"1": 100})
+
+
+def test_promotion_under_load_fails_no_request(served, deploy_cfg):
+    registry, x = served["registry"], served["splits"].x_test[:2]
+    results: Counter = Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    reply = session.post(f"{served['base']}/v2/models/{NAME}/infer",
+                                         json=_body(x), timeout=30)
+                    key = reply.json()["model_version"] if reply.status_code == 200 \
+                        else f"HTTP {reply.status_code}"
+                except requests.RequestException as exc:
+                    key = type(exc).__name__
+                results[key] += 1
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)  # traffic is flowing before the switch
+        registry.promote(NAME, 2)
+        wait_for_version(deploy_cfg, _model_cfg(), 2)
+        deadline = time.monotonic() + 120
+        while sum(results.values()) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert sum(results.values()) >= 2000, results
+    assert set(results) == {"1", "2"}, results  # both served, nothing else: zero failures
+    registry.promote(NAME, 1)
+    wait_for_version(deploy_cfg, _model_cfg(), 1)
+
+
+def test_prometheus_counts_requests_by_model_version_and_status(served, metrics_port):
+    for _ in range(5):
+        requests.post(f"{served['base']}/v2/models/{NAME}/infer",
+                      json=_body(served["splits"].x_test[:1]), timeout=30)
+    requests.post(f"{served['base']}/v2/models/{NAME}/infer", data=b"{", timeout=30)
+    wanted = ("ray_maas_requests_total", "ray_maas_request_latency_ms_bucket",
+              "ray_maas_batch_size_bucket", "ray_maas_rows_total")
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        lines = [line for line in text.splitlines() if f'model="{NAME}"' in line]
+        if all(any(line.startswith(name) for line in lines) for name in wanted) and any(
+                line.startswith("ray_maas_requests_total") and 'status="400"' in line
+                for line in lines):
+            return
+        time.sleep(1.0)
+    pytest.fail(f"maas metrics missing from :{metrics_port}/metrics; got "
+                f"{[line for line in text.splitlines() if 'maas' in line][:10]}")
+
+
+def test_replicas_scale_up_under_load_and_back_down(served, deploy_cfg):
+    """A model app of its own (no rolling update of the one above), autoscaled 1..3."""
+    from ray import serve
+
+    registry = served["registry"]
+    current = registry.get(NAME, 1)
+    source = registry.load(current)
+    path = served["folder"] / "scaled.onnx"
+    path.write_bytes(source)
+    info = registry.register("scaled", path, run_id=current.source_run, metrics={},
+                             variant="fp32", data_fingerprint="test", config_digest="test")
+    registry.promote("scaled", info.version)
+    scaled = ModelConfig(name="scaled", serve={
+        "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
+                        "upscale_delay_s": 1, "downscale_delay_s": 2},
+        "batching": {"max_batch_size": 1}})
+    url = deploy_model(deploy_cfg, scaled)
+    app_name = model_app_name("scaled")
+
+    def running() -> int:
+        app = serve.status().applications[app_name]
+        return app.deployments[app_name].replica_states.get("RUNNING", 0)
+
+    assert running() == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                session.post(url, json=_body(served["splits"].x_test[:64]), timeout=30)
+
+    threads = [threading.Thread(target=load) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    peak = 1
+    try:
+        deadline = time.monotonic() + 60
+        while peak < 2 and time.monotonic() < deadline:
+            peak = max(peak, running())
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert peak >= 2, "no scale-up under 16 concurrent clients"
+    deadline = time.monotonic() + 90
+    while running() > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    try:
+        assert running() == 1, "no scale-down after the load stopped"
+    finally:
+        serve.delete(app_name)
