@@ -80,9 +80,25 @@ def serve_config(cfg: DeployConfig) -> dict[str, Any]:
     return {"applications": applications}
 
 
+def _serving(url: str, key: str, expected: str) -> bool:
+    """Whether ``url`` answers 200 with ``expected`` under ``key`` (the running app already
+    has these settings)."""
+    import requests
+
+    try:
+        reply = requests.get(url, timeout=5)
+        return reply.status_code == 200 and reply.json().get(key) == expected
+    except (requests.RequestException, ValueError):
+        return False
+
+
 def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
-    """Deploy ``model``'s app (a no-op when it already runs with these settings: its replicas
-    pick up alias changes themselves) and wait until it serves; return its infer URL."""
+    """Deploy ``model``'s app and wait until it serves; return its infer URL.
+
+    An app already serving these exact settings is left alone: ``serve.run`` would give it a
+    new random version and restart every replica, and the replicas follow promotions by
+    themselves."""
+    import maas
     from ray import serve
 
     from serve_apps import inference, server
@@ -90,10 +106,14 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
     # No-op when Serve already runs (e.g. started by `maas up`) with these options.
     serve.start(proxy_location="HeadOnly",
                 http_options={"host": cfg.cluster.http_host, "port": cfg.cluster.http_port})
-    serve.run(server.build_app({}), name=SERVER_APP, route_prefix=SERVER_ROUTE)
-    serve.run(inference.build_app(inference_args(cfg, model)),
-              name=model_app_name(model.name), route_prefix=model_route(model.name))
-    return f"{base_url(cfg)}{model_route(model.name)}/infer"
+    root = base_url(cfg)
+    if not _serving(f"{root}{SERVER_ROUTE}", "version", maas.__version__):
+        serve.run(server.build_app({}), name=SERVER_APP, route_prefix=SERVER_ROUTE)
+    args = inference.InferenceArgs.model_validate(inference_args(cfg, model))
+    if not _serving(f"{root}{model_route(model.name)}/ready", "settings", args.digest()):
+        serve.run(inference.build_app(args.model_dump()), name=model_app_name(model.name),
+                  route_prefix=model_route(model.name))
+    return f"{root}{model_route(model.name)}/infer"
 
 
 def wait_for_version(cfg: DeployConfig, model: ModelConfig, version: int,

@@ -72,6 +72,16 @@ class InferenceArgs(BaseModel):
         return Registry(self.registry_uri or sqlite_uri(expand_state_dir(self.state_dir)),
                         key_env=self.key_env)
 
+    def digest(self) -> str:
+        """These settings and this maas release, hashed: what a deploy compares to decide
+        whether the running replicas can stay (see maas.serving.deploy_model)."""
+        import hashlib
+
+        import maas
+
+        text = f"{maas.__version__}\n{self.model_dump_json()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -156,6 +166,7 @@ class ModelServer:
 
     def __init__(self, args: InferenceArgs):
         self.args = args
+        self.digest = args.digest()
         self.registry = args.registry()
         self._load_lock = threading.Lock()
         self._explicit: OrderedDict[int, Loaded] = OrderedDict()
@@ -250,7 +261,7 @@ class ModelServer:
     def ready(self) -> dict[str, str | bool]:
         # A replica only receives traffic once __init__ (load + verify) has finished.
         return {"name": self.args.name, "version": str(self._live[PRODUCTION].info.version),
-                "ready": True}
+                "ready": True, "settings": self.digest}
 
     @api.get("/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
     def version_metadata(self, version: str) -> Response:
