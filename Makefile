@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The last step makes tenant `demo` a key for every model, accepts their agreements, and prints
+# the key and a curl command that uses it.
 demo: setup
 	$(BIN)/maas up
 	$(BIN)/maas run deploy.yaml
+	$(BIN)/maas quickstart
 
 up: setup
 	$(BIN)/maas up
@@ -47,6 +50,7 @@ bench: setup
 	$(BIN)/python bench/export_bench.py
 	$(BIN)/python bench/optimize_bench.py
 	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/access_bench.py
 	$(BIN)/python bench/train_bench.py
 
 clean:

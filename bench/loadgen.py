@@ -18,8 +18,7 @@ from urllib.parse import urlparse
 
 
 async def _client(session, url: str, body: bytes, until: float, latencies: list[float],
-                  errors: list[int]) -> None:
-    headers = {"Content-Type": "application/json"}
+                  errors: list[int], headers: dict[str, str]) -> None:
     while time.perf_counter() < until:
         started = time.perf_counter()
         try:
@@ -34,7 +33,8 @@ async def _client(session, url: str, body: bytes, until: float, latencies: list[
             errors.append(1)
 
 
-async def run(url: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+async def run(url: str, body: bytes, concurrency: int, seconds: float, warmup: float,
+              headers: dict[str, str]) -> dict:
     import aiohttp
 
     if urlparse(url).hostname not in ("127.0.0.1", "localhost"):
@@ -44,12 +44,12 @@ async def run(url: str, body: bytes, concurrency: int, seconds: float, warmup: f
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         warm: list[float] = []
         await asyncio.gather(*(_client(session, url, body, time.perf_counter() + warmup, warm,
-                                       []) for _ in range(concurrency)))
+                                       [], headers) for _ in range(concurrency)))
         latencies: list[float] = []
         errors: list[int] = []
         started = time.perf_counter()
         until = started + seconds
-        await asyncio.gather(*(_client(session, url, body, until, latencies, errors)
+        await asyncio.gather(*(_client(session, url, body, until, latencies, errors, headers)
                                for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
@@ -69,9 +69,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                        help="an extra request header, e.g. 'Authorization: Bearer KEY'")
     args = parser.parse_args()
+    headers = {"Content-Type": "application/json"}
+    for header in args.header:
+        name, _, value = header.partition(":")
+        headers[name.strip()] = value.strip()
     result = asyncio.run(run(args.url, Path(args.body).read_bytes(), args.concurrency,
-                             args.seconds, args.warmup))
+                             args.seconds, args.warmup, headers))
     print(json.dumps(result))
 
 

@@ -68,9 +68,11 @@ def _bodies(splits, folder: Path) -> dict[int, Path]:
     return paths
 
 
-def _load(url: str, body: Path, concurrency: int, seconds: float) -> dict:
+def _load(url: str, body: Path, concurrency: int, seconds: float,
+          headers: tuple[str, ...] = ()) -> dict:
+    extra = [arg for header in headers for arg in ("--header", header)]
     done = subprocess.run([sys.executable, str(REPO / "bench" / "loadgen.py"), url, str(body),
-                           "--concurrency", str(concurrency), "--seconds", str(seconds)],
+                           "--concurrency", str(concurrency), "--seconds", str(seconds), *extra],
                           capture_output=True, text=True, check=True, timeout=seconds + 120)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -127,8 +129,10 @@ def _maas(model: Path, state: Path, bodies: dict[int, Path], seconds: float,
     from maas.tracking import Tracker
 
     port = _free_port()
+    # Access off: this compares the serving path with a bare server; bench/access_bench.py
+    # measures what the access gate adds.
     cfg = parse_config({"state_dir": str(state), "cluster": {"http_port": port},
-                        "models": [{"name": NAME}]})
+                        "access": {"enabled": False}, "models": [{"name": NAME}]})
     run_id = Tracker(cfg).start("serve-bench", params={}, tags={})
     registry = Registry.from_config(cfg)
     info = registry.register(NAME, model, run_id=run_id, metrics={}, variant="fp32",

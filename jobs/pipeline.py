@@ -26,6 +26,7 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
+from maas.access import AccessError, AccessStore, onboard
 from maas.cluster import Connection, connect, ensure_auth_mode
 from maas.config import ConfigError, DeployConfig, ModelConfig, load_config
 from maas.data import DataError, Splits, load_splits
@@ -38,6 +39,7 @@ from maas.serving import base_url, deploy_model, wait_for_version
 from maas.tracking import Tracker
 
 STAGES = 4
+SMOKE_TENANT = "maas-pipeline"  # the smoke request's tenant: its usage shows under this name
 
 
 class PipelineError(Exception):
@@ -183,10 +185,25 @@ def _apply_promotion(model_cfg: ModelConfig, info: VersionInfo, registry: Regist
     return outcome
 
 
-def _ask_served_model(endpoint: str, row: list[float], truth: Any,
-                      console: Console) -> Any:
+@contextmanager
+def _smoke_key(cfg: DeployConfig, model_cfg: ModelConfig) -> Iterator[dict[str, str]]:
+    """Headers for the smoke request: with access on, a key of tenant ``maas-pipeline`` for
+    this one model, with its agreement accepted and payload logging refused; revoked after."""
+    if not cfg.access.enabled:
+        yield {}
+        return
+    store = AccessStore(cfg.access_store)
+    key, record, _ = onboard(store, [model_cfg], SMOKE_TENANT, "maas pipeline (smoke test)")
+    try:
+        yield {"Authorization": f"Bearer {key}"}
+    finally:
+        store.revoke(record.key_id)
+
+
+def _ask_served_model(endpoint: str, row: list[float], truth: Any, console: Console,
+                      headers: dict[str, str]) -> Any:
     """POST one row to the live endpoint; return the first value of its last output."""
-    reply = requests.post(endpoint, json=_oip_body(row), timeout=60)
+    reply = requests.post(endpoint, json=_oip_body(row), timeout=60, headers=headers)
     if reply.status_code != 200:
         raise PipelineError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")
     response = InferenceResponse.model_validate(reply.json())
@@ -239,8 +256,10 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, regis
             with _stage(console, 3, f"serve {name} version {production.version} on Ray Serve"):
                 endpoint = deploy_model(cfg, model_cfg)
                 wait_for_version(cfg, model_cfg, production.version)
-            with _stage(console, 4, f"send one held-out row to {endpoint}"):
-                answer = _ask_served_model(endpoint, row, splits.y_test[0].tolist(), console)
+            with _stage(console, 4, f"send one held-out row to {endpoint}"), \
+                    _smoke_key(cfg, model_cfg) as headers:
+                answer = _ask_served_model(endpoint, row, splits.y_test[0].tolist(), console,
+                                           headers)
         ok = True
         return ModelReport(
             name=name, version=info.version, variant=info.variant, promoted=promoted,
@@ -268,8 +287,15 @@ def _print_summary(cfg: DeployConfig, connection: Connection, reports: list[Mode
         console.print(f"  endpoint:   {report.endpoint} (serving version {report.served_version})")
         console.print(f"  health:     {base_url(cfg)}/v2/health/ready")
         console.print("  try it:")
-        console.print(f"    curl -s -X POST {report.endpoint} -H 'Content-Type: application/json' "
-                      f"-d '{body}'", markup=False, highlight=False)
+        auth = ""
+        if cfg.access.enabled:
+            auth = '-H "Authorization: Bearer $MAAS_API_KEY" '
+            console.print("    (a key: `maas quickstart`, or `maas keys create --tenant T "
+                          f"--models {report.name}` and `maas agreements accept`)",
+                          highlight=False)
+        console.print(f"    curl -s -X POST {report.endpoint} {auth}"
+                      f"-H 'Content-Type: application/json' -d '{body}'",
+                      markup=False, highlight=False)
     console.print(f"\nRay dashboard: {connection.dashboard_url or 'not running'}")
     if connection.mode == "embedded":
         console.print("[yellow]Ray ran embedded in this process: the endpoint stops when it "
@@ -318,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run_pipeline(cfg, console, args.run_name, Path(args.config).resolve().parent)
-    except (PipelineError, DataError, RegistryError) as exc:
+    except (PipelineError, DataError, RegistryError, AccessError) as exc:
         console.print(f"pipeline failed: {exc}", markup=False, highlight=False, style="red")
         return 1
     return 0

@@ -3,6 +3,8 @@
     maas validate deploy.yaml      maas up       maas run deploy.yaml
     maas status                    maas down     maas serve-config deploy.yaml
     maas models list | show NAME | promote NAME VERSION [--alias A] | rollback NAME | keygen
+    maas keys create | list | revoke       maas agreements list | show | accept
+    maas usage      maas catalog           maas quickstart
 
 Heavy libraries (Ray, torch, MLflow) are imported inside the commands that need them, so
 ``maas validate`` answers in well under a second.
@@ -10,32 +12,22 @@ Heavy libraries (Ray, torch, MLflow) are imported inside the commands that need 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from maas.config import ClusterConfig, ConfigError, DeployConfig, load_config
+from maas.cli_util import (ConfigArg, ConfigOption, JsonOption, console, echo_json, err, load,
+                           print_wide)
+from maas.cli_access import register_access_commands
+from maas.config import ClusterConfig, DeployConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="maas: train, export and serve models on Ray from one deploy.yaml.")
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigArg = typer.Argument(Path("deploy.yaml"), help="path to deploy.yaml")
-
-
-def _load(path: Path) -> DeployConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        err.print(str(exc), markup=False, highlight=False, style="red")
-        raise typer.Exit(2) from None
+_load = load
 
 
 def _cluster_section(path: Path) -> ClusterConfig:
@@ -168,11 +160,12 @@ def run(config: Path = ConfigArg,
     ensure_auth_mode()
     from jobs.pipeline import PipelineError, run_pipeline
     from maas.data import DataError
+    from maas.access import AccessError
     from maas.registry import RegistryError
 
     try:
         run_pipeline(cfg, console, run_name, config.resolve().parent)
-    except (PipelineError, DataError, RegistryError) as exc:
+    except (PipelineError, DataError, RegistryError, AccessError) as exc:
         err.print(f"pipeline failed: {exc}", markup=False, style="red")
         raise typer.Exit(1) from None
 
@@ -180,9 +173,6 @@ def run(config: Path = ConfigArg,
 models_app = typer.Typer(no_args_is_help=True,
                          help="Registered models: versions, aliases, promote and roll back.")
 app.add_typer(models_app, name="models")
-ConfigOption = typer.Option(Path("deploy.yaml"), "--config", "-c",
-                            help="deploy.yaml whose registry to use; missing: the defaults")
-JsonOption = typer.Option(False, "--json", help="print JSON instead of tables")
 
 
 def _registry(config: Path):
@@ -208,13 +198,7 @@ def _registry_call(action):
         raise typer.Exit(1) from None
 
 
-def _print_wide(table: Table) -> None:
-    """A table at full width, also when stdout is a pipe or a job log (80 columns)."""
-    Console(width=max(console.width, 140), file=console.file).print(table)
-
-
-def _echo_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2))
+_print_wide, _echo_json = print_wide, echo_json
 
 
 @models_app.command("list")
@@ -307,6 +291,8 @@ def serve_config(config: Path = ConfigArg,
         os.replace(tmp, output)
         console.print(f"wrote {output}")
 
+
+register_access_commands(app)
 
 if __name__ == "__main__":
     app()

@@ -304,6 +304,44 @@ class PromotionConfig(StrictModel):
                                   "(RMSE at most this much above, for regressors)")
 
 
+# Tenant names appear in usage reports, Prometheus tags and payload log records.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class DataUsageConfig(StrictModel):
+    """What the operator may do with request payloads sent under a model's agreement."""
+
+    log_payloads: bool = Field(
+        False, description="whether request payloads may be written to the payload log")
+    retention_days: int = Field(30, ge=1, le=3650, description="logged payloads are deleted "
+                                                               "after this many days")
+    redaction: Literal["none", "digest", "mask_pii"] = Field(
+        "none", description="none: inputs as sent; digest: only a sha256 of each input; "
+                            "mask_pii: e-mail addresses, phone and card numbers in text inputs "
+                            "replaced by placeholders")
+
+
+class AgreementConfig(StrictModel):
+    """A model's terms of use. Tenants must accept the current version before their keys work
+    for the model; any change to these fields is a new version, to be accepted again."""
+
+    license: str = Field(min_length=1, max_length=100,
+                         description="SPDX license id of the model, or the name of your own")
+    allowed_uses: list[str] = Field(min_length=1, description="what the model may be used for")
+    prohibited_uses: list[str] = Field(default_factory=list)
+    data_usage: DataUsageConfig = Field(default_factory=DataUsageConfig)
+    text: str | None = Field(None, description="the full terms, or where to read them")
+
+
+class CatalogConfig(StrictModel):
+    """What the model catalog (``GET /v2/catalog``, ``maas catalog``) says of a model."""
+
+    description: str = ""
+    price_per_1k_rows: float | None = Field(None, ge=0.0, description="unset: no price shown")
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
+    tags: list[str] = Field(default_factory=list)
+
+
 class ModelConfig(StrictModel):
     name: str
 
@@ -323,6 +361,9 @@ class ModelConfig(StrictModel):
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    agreement: AgreementConfig | None = Field(
+        None, description="terms tenants must accept; unset: any key scoped to the model works")
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     @model_validator(mode="after")
     def _variants_fit_the_model(self) -> ModelConfig:
@@ -359,6 +400,22 @@ class RegistryConfig(StrictModel):
         return name
 
 
+class AccessConfig(StrictModel):
+    """API keys, agreements, rate limits, quotas and usage metering in front of every model."""
+
+    enabled: bool = Field(True, description="false: every route is open (trusted networks only)")
+    store: str | None = Field(None, description="SQLAlchemy URL of the access store; unset: "
+                                                "sqlite under state_dir (access.db)")
+    refresh_s: float = Field(2.0, gt=0.0, le=600.0,
+                             description="how often replicas re-read keys and acceptances; a "
+                                         "revoked key stops working within this")
+    usage_flush_s: float = Field(1.0, gt=0.0, le=60.0,
+                                 description="replicas write usage counts this often: a crash "
+                                             "loses at most this much metering")
+    payload_dir: str | None = Field(None, description="payload log folder, for models whose "
+                                                      "terms allow it; unset: state_dir/payloads")
+
+
 def expand_state_dir(state_dir: str) -> Path:
     """``state_dir`` with ``~`` expanded, resolved on the machine that calls this."""
     return Path(os.path.expanduser(state_dir)).resolve()
@@ -376,6 +433,7 @@ class DeployConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     models: list[ModelConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -399,6 +457,10 @@ class DeployConfig(StrictModel):
     @property
     def registry_uri(self) -> str:
         return self.registry.uri or self.tracking_uri
+
+    @property
+    def access_store(self) -> str:
+        return self.access.store or f"sqlite:///{self.state_path / 'access.db'}"
 
     def model(self, name: str) -> ModelConfig:
         for model in self.models:

@@ -36,10 +36,11 @@ ONNX_ELEM_TO_DATATYPE = {1: "FP32", 2: "UINT8", 3: "INT8", 5: "INT16", 6: "INT32
 class InferError(Exception):
     """A request the server refuses; ``status`` is the HTTP code, the message names the field."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. Retry-After on a 429, WWW-Authenticate on a 401
 
 
 class TensorSpec(BaseModel):

@@ -57,7 +57,27 @@ def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None = 
         "canary_weight": serve_cfg.canary_weight,
         "alias_poll_s": serve_cfg.alias_poll_s,
         "access_log": serve_cfg.access_log,
+        "access": access_args(cfg),
+        "agreement": None if model.agreement is None else model.agreement.model_dump(mode="json"),
     }
+
+
+def access_args(cfg: DeployConfig) -> dict[str, Any] | None:
+    """The serve apps' ``access`` args (None: access is off, every route is open)."""
+    if not cfg.access.enabled:
+        return None
+    return {"state_dir": cfg.state_dir, "store": cfg.access.store,
+            "refresh_s": cfg.access.refresh_s, "usage_flush_s": cfg.access.usage_flush_s,
+            "payload_dir": cfg.access.payload_dir}
+
+
+def server_args(cfg: DeployConfig) -> dict[str, Any]:
+    """The ``serve_apps.server`` args: the catalog of every model, and access."""
+    from maas.catalog import entries
+
+    return {"state_dir": cfg.state_dir, "registry_uri": cfg.registry.uri or cfg.tracking.uri,
+            "key_env": cfg.registry.key_env, "access": access_args(cfg),
+            "catalog": [e.model_dump() for e in entries(cfg)]}
 
 
 def serve_config(cfg: DeployConfig) -> dict[str, Any]:
@@ -66,7 +86,7 @@ def serve_config(cfg: DeployConfig) -> dict[str, Any]:
         "name": SERVER_APP,
         "route_prefix": SERVER_ROUTE,
         "import_path": "serve_apps.server:build_app",
-        "args": {},
+        "args": server_args(cfg),
     }]
     for model in cfg.models:
         applications.append({
@@ -98,7 +118,6 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
     An app already serving these exact settings is left alone: ``serve.run`` would give it a
     new random version and restart every replica, and the replicas follow promotions by
     themselves."""
-    import maas
     from ray import serve
 
     from serve_apps import inference, server
@@ -107,8 +126,10 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
     serve.start(proxy_location="HeadOnly",
                 http_options={"host": cfg.cluster.http_host, "port": cfg.cluster.http_port})
     root = base_url(cfg)
-    if not _serving(f"{root}{SERVER_ROUTE}", "version", maas.__version__):
-        serve.run(server.build_app({}), name=SERVER_APP, route_prefix=SERVER_ROUTE)
+    server_settings = server.ServerArgs.model_validate(server_args(cfg))
+    if not _serving(f"{root}{SERVER_ROUTE}/health/live", "settings", server_settings.digest()):
+        serve.run(server.build_app(server_settings.model_dump()), name=SERVER_APP,
+                  route_prefix=SERVER_ROUTE)
     args = inference.InferenceArgs.model_validate(inference_args(cfg, model))
     if not _serving(f"{root}{model_route(model.name)}/ready", "settings", args.digest()):
         serve.run(inference.build_app(args.model_dump()), name=model_app_name(model.name),

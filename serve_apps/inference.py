@@ -12,6 +12,10 @@ of them its ``canary``. Every replica re-reads the aliases every ``alias_poll_s`
 loads (and verifies) a newly promoted version *before* it swaps it in, so a promotion switches
 live traffic without failing a request. Explicit versions are loaded on first use and kept (a
 few at a time). Concurrent requests to one version are batched into one ONNX Runtime call.
+
+With ``access`` set, metadata and infer need an API key (serve_apps.gate): 401, 403 or 429
+before the body is read; every infer request is metered per tenant, and its payload logged
+only where the model's agreement and the tenant allow it. ``ready`` stays open (health).
 """
 
 # No `from __future__ import annotations` in serve apps: FastAPI reads the real annotation
@@ -23,7 +27,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi import Request
@@ -32,11 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from maas.config import ENV_NAME_PATTERN, expand_state_dir, sqlite_uri
+from maas.config import ENV_NAME_PATTERN, AgreementConfig, expand_state_dir, sqlite_uri
 from maas.export import ort_session
 from maas.oip import (ErrorBody, InferenceRequest, InferenceResponse, InferError, ModelMetadata,
                       TensorSpec, decode_input, encode_output)
 from maas.registry import CANARY, PRODUCTION, Registry, RegistryError, VersionInfo
+from serve_apps.gate import ANONYMOUS, AccessArgs, AccessGate, Admission
 from serve_apps.http import make_api, read_json_body, validation_message
 
 log = logging.getLogger("ray.serve")
@@ -67,6 +72,8 @@ class InferenceArgs(BaseModel):
     canary_weight: float = Field(0.0, ge=0.0, le=1.0)
     alias_poll_s: float = Field(2.0, gt=0)
     access_log: bool = False
+    access: AccessArgs | None = Field(None, description="null: no keys needed (access off)")
+    agreement: AgreementConfig | None = Field(None, description="the model's terms of use")
 
     def registry(self) -> Registry:
         return Registry(self.registry_uri or sqlite_uri(expand_state_dir(self.state_dir)),
@@ -98,8 +105,7 @@ class Loaded:
 
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
-ERRORS = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody},
-          415: {"model": ErrorBody}}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 415, 429)}
 # The body is read and validated by hand (size limit, one JSON parse); this documents it.
 INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": InferenceRequest.model_json_schema(
@@ -124,8 +130,8 @@ class _Metrics:
         from ray.serve import metrics
 
         self._requests = metrics.Counter(
-            "maas_requests", description="infer requests by model, version and HTTP status",
-            tag_keys=("model", "version", "status"))
+            "maas_requests", description="infer requests by tenant, model, version and HTTP "
+                                         "status", tag_keys=("tenant", "model", "version", "status"))
         self._rows = metrics.Counter("maas_rows", description="rows answered",
                                      tag_keys=("model", "version"))
         self.latency = metrics.Histogram(
@@ -135,24 +141,35 @@ class _Metrics:
         self.batch_size = metrics.Histogram(
             "maas_batch_size", description="requests per ONNX Runtime call",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=("model",))
-        self._pending: Counter = Counter()  # (model, version, status) -> (requests)
+        self._pending: Counter = Counter()  # (tenant, model, version, status) -> requests
         self._pending_rows: Counter = Counter()  # (model, version) -> rows
         self._flushed = time.monotonic()
 
-    def record(self, model: str, version: str, status: int, rows: int, ms: float) -> None:
-        self._pending[(model, version, str(status))] += 1
+    def record(self, tenant: str, model: str, version: str, status: int, rows: int,
+               ms: float) -> None:
+        self._pending[(tenant, model, version, str(status))] += 1
         if status == 200:
             self._pending_rows[(model, version)] += rows
             self.latency.observe(ms, tags={"model": model, "version": version})
         if time.monotonic() - self._flushed >= self.FLUSH_S:
             self.flush()
 
+    async def flush_forever(self) -> None:
+        """Flush once a second also when no request comes to do it (the last counts of a
+        burst would otherwise wait for the next request). On the replica's event loop, like
+        :meth:`record`, so the two never race."""
+        while True:
+            await asyncio.sleep(self.FLUSH_S)
+            if time.monotonic() - self._flushed >= self.FLUSH_S and self._pending:
+                self.flush()
+
     def flush(self) -> None:
         pending, rows = self._pending, self._pending_rows
         self._pending, self._pending_rows = Counter(), Counter()
         self._flushed = time.monotonic()
-        for (model, version, status), count in pending.items():
-            self._requests.inc(count, tags={"model": model, "version": version, "status": status})
+        for (tenant, model, version, status), count in pending.items():
+            self._requests.inc(count, tags={"tenant": tenant, "model": model, "version": version,
+                                            "status": status})
         for (model, version), count in rows.items():
             if count:
                 self._rows.inc(count, tags={"model": model, "version": version})
@@ -178,6 +195,9 @@ class ModelServer:
         else:
             self._refresh()  # no production version: the replica fails to start, saying so
         self._metrics = _Metrics()
+        self._metrics_flusher: asyncio.Task | None = None  # started by the first request
+        self.gate = (AccessGate(args.access, args.name, args.agreement)
+                     if args.access is not None else None)
         self._batched.set_max_batch_size(args.max_batch_size)
         self._batched.set_batch_wait_timeout_s(args.batch_wait_ms / 1000.0)
         self._stop = threading.Event()
@@ -253,8 +273,14 @@ class ModelServer:
 
     # ---- routes -------------------------------------------------------------------------
 
-    @api.get("/", response_model=ModelMetadata)
-    def metadata(self) -> Response:
+    async def _authorize(self, request: Request) -> None:
+        """Metadata needs a key whose scope holds this model (no agreement, no rate)."""
+        if self.gate is not None:
+            self.gate.check_scope(await self.gate.authenticate(request.headers), self.args.name)
+
+    @api.get("/", response_model=ModelMetadata, responses=ERRORS)
+    async def metadata(self, request: Request) -> Response:
+        await self._authorize(request)
         return _json(self._live[PRODUCTION].metadata(self._versions))
 
     @api.get("/ready")
@@ -264,8 +290,9 @@ class ModelServer:
                 "ready": True, "settings": self.digest}
 
     @api.get("/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
-    def version_metadata(self, version: str) -> Response:
-        loaded = self._by_number(version)
+    async def version_metadata(self, version: str, request: Request) -> Response:
+        await self._authorize(request)
+        loaded = await asyncio.to_thread(self._by_number, version)
         return _json(loaded.metadata([str(loaded.info.version)]))
 
     @api.get("/versions/{version}/ready", responses=ERRORS)
@@ -286,8 +313,13 @@ class ModelServer:
     async def _measured(self, request: Request, version: str | None) -> Response:
         """Answer one infer request and count it, by version and status, with its latency."""
         started = time.perf_counter()
+        if self._metrics_flusher is None:
+            self._metrics_flusher = asyncio.create_task(self._metrics.flush_forever())
         served, status, rows = version or "-", 500, 0
+        admission = Admission(ANONYMOUS, ANONYMOUS, False)
         try:
+            if self.gate is not None:
+                admission = await self.gate.admit(request.headers)
             body = await self._request_body(request)
             if version is None:
                 loaded = self._pick()
@@ -297,13 +329,22 @@ class ModelServer:
             response = await self._infer(loaded, body)
             rows = response.outputs[0].shape[0] if response.outputs[0].shape else 1
             status = 200
+            if admission.log_payloads:
+                self.gate.payloads.add(admission.tenant, admission.key_id, served, body.id,
+                                       [t.model_dump() for t in body.inputs])
             return _json(response)
         except InferError as exc:
             status = exc.status
+            tenant = getattr(exc, "tenant", None)  # an access refusal knows whose key it was
+            if tenant is not None:
+                admission = Admission(tenant, exc.key_id, False)
             raise
         finally:
-            self._metrics.record(self.args.name, served, status, rows,
-                                 (time.perf_counter() - started) * 1000.0)
+            ms = (time.perf_counter() - started) * 1000.0
+            self._metrics.record(admission.tenant, self.args.name, served, status, rows, ms)
+            if self.gate is not None:
+                self.gate.meter.record(admission.tenant, admission.key_id, self.args.name,
+                                       served, status, rows, ms)
 
     # ---- inference ----------------------------------------------------------------------
 
@@ -374,6 +415,9 @@ class ModelServer:
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()
+        gate = getattr(self, "gate", None)
+        if gate is not None:
+            gate.close()  # the last second of usage and payloads
 
 
 def build_app(args: dict) -> Application:

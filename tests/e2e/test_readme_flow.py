@@ -1,4 +1,5 @@
-"""The README's commands, run as a user runs them: maas up -> ray job submit -> curl -> maas down.
+"""The README's commands, run as a user runs them: maas up -> ray job submit -> maas run ->
+maas quickstart -> curl with the key -> maas models / usage / catalog -> maas down.
 
 HOME points at a temporary folder, so the Ray token (~/.ray/auth_token) and the maas state
 (~/.maas) of this run never touch the real home. Needs ports 6379, 8000 and 8265 free.
@@ -58,8 +59,8 @@ def _models(env: dict, *args: str) -> object:
 
 def _readme_curl() -> tuple[str, str]:
     readme = (REPO / "README.md").read_text()
-    match = re.search(r"curl -s -X POST (\S+) -H 'Content-Type: application/json' \\\n\s*-d '([^']+)'",
-                      readme)
+    match = re.search(r"curl -s -X POST (\S+) -H \"Authorization: Bearer \$MAAS_API_KEY\" \\\n"
+                      r"\s*-H 'Content-Type: application/json' \\\n\s*-d '([^']+)'", readme)
     assert match, "README lost its curl example"
     return match.group(1), match.group(2)
 
@@ -81,13 +82,10 @@ def test_up_submit_serve_status_down(user_env):
     assert all(float(t) <= 180 for t in train_times.values()), train_times
     assert "succeeded" in job.stdout + job.stderr
 
-    # The README's curl example, verbatim: the first digits image, a 0.
+    # Access is on: no key, no answer (health stays open).
     url, body = _readme_curl()
-    reply = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=30)
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["model_name"] == "digits"
-    label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
-    assert label["data"] == [0]
+    assert requests.post(url, data=body, timeout=30).status_code == 401
+    assert requests.get("http://127.0.0.1:8000/v2/health/ready", timeout=30).status_code == 200
     # deploy.yaml asks for every optimize variant: the table is printed, one is registered.
     (digits,) = _models(user_env, "show", "digits")["versions"]
     assert digits["variant"] in {"fp32", "int8_dynamic", "int8_static", "prune_l1",
@@ -105,6 +103,35 @@ def test_up_submit_serve_status_down(user_env):
     # `make demo` once more (`maas run deploy.yaml` on the running head): a second version of
     # each model, then the models commands on the registry those runs leave behind.
     _run(["maas", "run", "deploy.yaml"], user_env, timeout=900)
+    demo = _run(["maas", "quickstart"], user_env, timeout=300).stdout
+    key = re.search(r"export MAAS_API_KEY=(maas_\S+)", demo).group(1)
+    curl = next(line.strip() for line in demo.splitlines() if line.strip().startswith("curl -s -X"))
+    printed = subprocess.run(["bash", "-c", curl], env=user_env | {"MAAS_API_KEY": key},
+                             capture_output=True, text=True, timeout=60)
+    assert json.loads(printed.stdout)["model_name"] == "digits", printed.stdout + printed.stderr
+    # The README's curl example, verbatim, with that key: the first digits image, a 0.
+    reply = requests.post(url, data=body, timeout=30, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    assert reply.status_code == 200, reply.text
+    label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
+    assert reply.json()["model_name"] == "digits" and label["data"] == [0]
+    cards = json.loads(_run(["maas", "catalog", "--tenant", "demo", "--json"], user_env,
+                            timeout=120).stdout)
+    assert [c["name"] for c in cards] == ["digits", "digits-cnn"]
+    assert all(c["agreement"]["version"] == 1 and c["production_version"] for c in cards)
+
+    def used() -> dict:
+        rows = json.loads(_run(["maas", "usage", "--json"], user_env, timeout=120).stdout)
+        return {(r["tenant"], r["model"], r["status"]): r["requests"] for r in rows}
+
+    deadline = time.monotonic() + 30  # replicas write usage every access.usage_flush_s
+    while used().get(("demo", "digits", 200)) != 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    counts = used()
+    assert counts[("demo", "digits", 200)] == 3, counts  # quickstart, its curl, the README's
+    assert counts[("demo", "digits-cnn", 200)] == 1, counts
+    assert counts[("maas-pipeline", "digits", 200)] == 2, counts  # one smoke request per run
+    assert counts[("-", "digits", 401)] == 1, counts
     listed = {m["name"]: m for m in _models(user_env, "list")}
     assert {name: m["versions"] for name, m in listed.items()} == {"digits": 2, "digits-cnn": 2}
     versions = _models(user_env, "show", "digits")["versions"]

@@ -45,13 +45,42 @@ def serve_port(metrics_port: int) -> int:
     ray.shutdown()
 
 
+def register_versions(cfg: DeployConfig, name: str, seeds: list[int], folder: Path):
+    """Register a small digits MLP per seed as versions 1, 2, ... of ``name``, promote
+    version 1; return (registry, splits)."""
+    import torch
+
+    from maas.config import DataConfig, ExportConfig, ModelArchConfig
+    from maas.data import load_splits
+    from maas.export import export_onnx
+    from maas.models import model_for
+    from maas.registry import Registry
+    from maas.tracking import Tracker
+
+    registry = Registry.from_config(cfg)
+    run_id = Tracker(cfg).start(f"{name}-test", params={}, tags={})
+    splits = load_splits(DataConfig())
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = model_for(ModelArchConfig(hidden=[32]), splits).eval()
+        path = export_onnx(model, splits.n_features, folder / f"{name}-{seed}.onnx",
+                           ExportConfig())
+        registry.register(name, path, run_id=run_id, metrics={"held_out_accuracy": 0.5},
+                          variant="fp32", data_fingerprint=splits.fingerprint,
+                          config_digest="test")
+    registry.promote(name, 1)
+    return registry, splits
+
+
 @pytest.fixture(scope="session")
 def deploy_cfg(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> DeployConfig:
-    """The shipped model settings with fewer epochs, private state and the session's port."""
+    """The shipped model settings with fewer epochs, private state and the session's port.
+    Access is off here (open routes); test_access.py deploys its own apps with it on."""
     state: Path = tmp_path_factory.mktemp("maas-state")
     return parse_config({
         "state_dir": str(state),
         "cluster": {"http_port": serve_port},
+        "access": {"enabled": False},
         "models": [{
             "name": "digits",
             "train": {"workers": 2, "epochs": 8, "batch_size": 32, "lr": 0.002},

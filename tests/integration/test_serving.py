@@ -9,15 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-import torch
 
-from maas.config import DataConfig, ExportConfig, ModelArchConfig, ModelConfig
-from maas.data import load_splits
-from maas.export import export_onnx, ort_session
-from maas.models import model_for
-from maas.registry import CANARY, Registry
+from tests.integration.conftest import register_versions
+from maas.config import ModelConfig
+from maas.export import ort_session
+from maas.registry import CANARY
 from maas.serving import deploy_model, model_app_name, wait_for_version
-from maas.tracking import Tracker
 
 pytestmark = pytest.mark.integration
 NAME = "served"
@@ -34,17 +31,8 @@ def served(deploy_cfg, tmp_path_factory):
     production and served; the app is deleted after the module."""
     from ray import serve
 
-    registry = Registry.from_config(deploy_cfg)
-    run_id = Tracker(deploy_cfg).start("served-test", params={}, tags={})
-    splits = load_splits(DataConfig())
     folder = tmp_path_factory.mktemp("served")
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = model_for(ModelArchConfig(hidden=[32]), splits).eval()
-        path = export_onnx(model, splits.n_features, folder / f"m{seed}.onnx", ExportConfig())
-        registry.register(NAME, path, run_id=run_id, metrics={}, variant="fp32",
-                          data_fingerprint=splits.fingerprint, config_digest="test")
-    registry.promote(NAME, 1)
+    registry, splits = register_versions(deploy_cfg, NAME, [0, 1], folder)
     deploy_model(deploy_cfg, _model_cfg())
     wait_for_version(deploy_cfg, _model_cfg(), 1)
     sessions = {v: ort_session(registry.load(registry.get(NAME, v))) for v in (1, 2)}

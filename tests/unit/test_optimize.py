@@ -1,6 +1,5 @@
 """Optimize variants: each is real, smaller where it should be, scored the same way; the pick."""
 
-from pathlib import Path
 
 import onnx
 import pytest

@@ -1,0 +1,86 @@
+"""The model catalog: a card per model, for ``GET /v2/catalog`` and ``maas catalog``.
+
+A card joins what deploy.yaml says of the model (description, tags, price), what the registry
+knows (signature, versions, aliases, the production version's held-out metrics) and the
+agreement a tenant must accept (its current version and terms, from the access store).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from maas.access import AccessStore
+from maas.config import DeployConfig
+from maas.oip import TensorSpec
+from maas.registry import PRODUCTION, Registry, RegistryError
+
+
+class CatalogEntry(BaseModel):
+    """One model as deploy.yaml lists it in the catalog (the serve app's args)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    price_per_1k_rows: float | None = None
+    currency: str = "USD"
+    tags: list[str] = Field(default_factory=list)
+
+
+class ModelCard(BaseModel):
+    name: str
+    description: str
+    tags: list[str]
+    infer_url: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    versions: list[int]
+    aliases: dict[str, int]
+    production_version: int | None
+    variant: str | None
+    metrics: dict[str, float]
+    agreement: dict[str, Any] | None  # version and terms; None: no acceptance needed
+    price: dict[str, Any] | None  # per_1k_rows and currency; None: not priced
+
+
+def entries(cfg: DeployConfig) -> list[CatalogEntry]:
+    return [CatalogEntry(name=m.name, description=m.catalog.description,
+                         price_per_1k_rows=m.catalog.price_per_1k_rows,
+                         currency=m.catalog.currency, tags=list(m.catalog.tags))
+            for m in cfg.models]
+
+
+def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | None) -> ModelCard:
+    """``entry``'s card; a model not registered yet, or with no production version, has an
+    empty signature."""
+    try:
+        aliases, versions = registry.aliases(entry.name), registry.version_numbers(entry.name)
+    except RegistryError:
+        aliases, versions = {}, []
+    info = None
+    if PRODUCTION in aliases:
+        try:
+            info = registry.get(entry.name, PRODUCTION)
+        except RegistryError:
+            info = None
+    agreement = store.agreement(entry.name) if store is not None else None
+    price = (None if entry.price_per_1k_rows is None else
+             {"per_1k_rows": entry.price_per_1k_rows, "currency": entry.currency})
+    return ModelCard(
+        name=entry.name, description=entry.description or (info.description if info else ""),
+        tags=entry.tags, infer_url=f"/v2/models/{entry.name}/infer",
+        inputs=info.inputs if info else [], outputs=info.outputs if info else [],
+        versions=versions, aliases=aliases,
+        production_version=info.version if info else None,
+        variant=info.variant if info else None, metrics=info.metrics if info else {},
+        agreement=(None if agreement is None else
+                   {"version": agreement.version, **agreement.terms}),
+        price=price)
+
+
+def catalog(all_entries: list[CatalogEntry], registry: Registry, store: AccessStore | None,
+            visible: Callable[[str], bool] = lambda name: True) -> list[ModelCard]:
+    """Cards of the models ``visible`` lets through, in deploy.yaml's order."""
+    return [model_card(entry, registry, store) for entry in all_entries if visible(entry.name)]

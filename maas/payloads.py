@@ -1,0 +1,110 @@
+"""The payload log: request payloads of tenants whose agreement allows it, redacted as it says.
+
+    <access.payload_dir>/<model>/<YYYY-MM-DD>.jsonl     one JSON object per request
+
+Written only when the model's ``agreement.data_usage.log_payloads`` is true *and* the tenant did
+not refuse it when accepting (``maas agreements accept --no-payload-logging``). Files older
+than ``retention_days`` are deleted. Nothing else in maas writes request payloads anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from maas.config import DataUsageConfig
+
+# What mask_pii replaces in text inputs (BYTES tensors): e-mail addresses, card-like and
+# phone-like digit runs. A regex is a floor, not a guarantee: use digest for sensitive text.
+PII_PATTERNS = [
+    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "<email>"),
+    (re.compile(r"\b(?:\d[ -]?){13,19}\b"), "<card>"),
+    (re.compile(r"\+?\d[\d ().-]{7,}\d"), "<phone>"),
+]
+
+
+def mask_text(text: str) -> str:
+    for pattern, placeholder in PII_PATTERNS:
+        text = pattern.sub(placeholder, text)
+    return text
+
+
+def _mask(values: Any) -> Any:
+    if isinstance(values, str):
+        return mask_text(values)
+    if isinstance(values, list):
+        return [_mask(v) for v in values]
+    return values
+
+
+def redact(inputs: list[dict[str, Any]], redaction: str) -> list[dict[str, Any]]:
+    """``inputs`` (OIP request inputs as dicts) as the payload log may keep them."""
+    if redaction == "none":
+        return inputs
+    if redaction == "digest":
+        return [{"name": t["name"], "shape": t["shape"], "datatype": t["datatype"],
+                 "sha256": hashlib.sha256(json.dumps(t["data"]).encode()).hexdigest()}
+                for t in inputs]
+    if redaction == "mask_pii":
+        return [dict(t, data=_mask(t["data"])) for t in inputs]
+    raise ValueError(f"redaction {redaction!r}: use none, digest or mask_pii")
+
+
+class PayloadLog:
+    """Buffered in memory, appended to the day's file by :meth:`flush` (the replica's
+    background thread, once a second), never on the request path."""
+
+    def __init__(self, folder: Path, model: str, terms: DataUsageConfig):
+        self.folder = folder / model
+        self.terms = terms
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._pruned = 0.0
+
+    def add(self, tenant: str, key_id: str, version: str, request_id: str | None,
+            inputs: list[dict[str, Any]]) -> None:
+        record = {"time": time.time(), "tenant": tenant, "key_id": key_id, "version": version,
+                  "inputs": redact(inputs, self.terms.redaction)}
+        if self.terms.redaction == "none":
+            record["id"] = request_id
+        with self._lock:
+            self._pending.append(record)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            by_day: dict[str, list[str]] = {}
+            for record in pending:
+                day = datetime.fromtimestamp(record["time"], timezone.utc).strftime("%Y-%m-%d")
+                by_day.setdefault(day, []).append(json.dumps(record, separators=(",", ":")))
+            for day, lines in by_day.items():
+                # One write per file per flush: O_APPEND keeps lines of concurrent replicas whole.
+                with open(self.folder / f"{day}.jsonl", "a", encoding="utf-8") as out:
+                    out.write("\n".join(lines) + "\n")
+        if time.time() - self._pruned > 3600:
+            self.prune()
+
+    def prune(self, now: float | None = None) -> list[Path]:
+        """Delete day files older than ``retention_days``; return them."""
+        now = time.time() if now is None else now
+        self._pruned = now
+        cutoff = datetime.fromtimestamp(now - self.terms.retention_days * 86400, timezone.utc)
+        removed = []
+        for path in sorted(self.folder.glob("*.jsonl")) if self.folder.exists() else []:
+            try:
+                day = datetime.strptime(path.stem, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            except ValueError:
+                continue  # not one of ours
+            if day.date() < cutoff.date():
+                os.remove(path)
+                removed.append(path)
+        return removed

@@ -1,0 +1,294 @@
+"""Access on a real served app (2 replicas): 401, 403 scope, 403 agreement, 429 rate with
+Retry-After, 429 quota, a rate held across replicas, exact usage, payload logging by the
+terms, the catalog, and a store that holds only key hashes."""
+
+import os
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from maas.access import AccessStore, Quota
+from maas.config import DeployConfig
+from maas.serving import deploy_model, model_app_name, wait_for_version
+from tests.integration.conftest import register_versions
+
+pytestmark = pytest.mark.integration
+NAME = "gated"
+TERMS = {"license": "CC-BY-4.0", "allowed_uses": ["testing"],
+         "data_usage": {"log_payloads": True, "retention_days": 1, "redaction": "none"}}
+
+
+def _until(check, timeout_s: float = 20.0, every_s: float = 0.2):
+    """Poll ``check`` until it returns something truthy; return that, or the last value."""
+    deadline = time.monotonic() + timeout_s
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(every_s)
+        value = check()
+    return value
+
+
+@pytest.fixture(scope="module")
+def gated(deploy_cfg, tmp_path_factory):
+    """Model ``gated`` with an agreement, on 2 replicas, behind the access gate; ``other`` is
+    in the catalog only. Apps are deleted after the module."""
+    from ray import serve
+
+    state = tmp_path_factory.mktemp("access-state")
+    data = deploy_cfg.model_dump(mode="json")
+    data.update(state_dir=str(state),
+                access={"enabled": True, "refresh_s": 0.5, "usage_flush_s": 0.5},
+                models=[{"name": NAME, "agreement": TERMS,
+                         "catalog": {"description": "digits, gated", "price_per_1k_rows": 0.5,
+                                     "tags": ["vision"]},
+                         "serve": {"num_replicas": 2, "cpus_per_replica": 0.2}},
+                        {"name": "other"}])
+    cfg = DeployConfig.model_validate(data)
+    _, splits = register_versions(cfg, NAME, [0], tmp_path_factory.mktemp("gated"))
+    deploy_model(cfg, cfg.model(NAME))
+    wait_for_version(cfg, cfg.model(NAME), 1)
+    yield {"cfg": cfg, "store": AccessStore(cfg.access_store), "x": splits.x_test,
+           "base": f"http://127.0.0.1:{cfg.cluster.http_port}", "state": Path(state)}
+    serve.delete(model_app_name(NAME))
+    serve.delete("maas")
+
+
+def _key(gated, tenant: str, models=(NAME,), accept: bool = True, log_payloads: bool = True,
+         **limits) -> str:
+    store = gated["store"]
+    key, _ = store.create_key(tenant, models, **limits)
+    if accept:
+        store.accept(tenant, NAME, store.agreement(NAME).version, "test", log_payloads)
+    return key
+
+
+def _infer(gated, key: str | None, rows: int = 1, session=None, route: str = "infer",
+           **extra):
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    x = gated["x"][:rows]
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.tolist()}]} | extra
+    return (session or requests).post(f"{gated['base']}/v2/models/{NAME}/{route}", json=body,
+                                      headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("header, fragment", [
+    (None, "missing"),
+    ("Basic dXNlcjpwYXNz", "Bearer scheme"),
+    ("Bearer not-a-key", "not a maas API key"),
+    ("Bearer maas_0123456789ab_" + "x" * 43, "unknown API key"),
+])
+def test_no_or_bad_key_is_401(gated, header, fragment):
+    headers = {} if header is None else {"Authorization": header}
+    for reply in (requests.post(f"{gated['base']}/v2/models/{NAME}/infer", json={},
+                                headers=headers, timeout=30),
+                  requests.get(f"{gated['base']}/v2/models/{NAME}", headers=headers, timeout=30),
+                  requests.get(f"{gated['base']}/v2/catalog", headers=headers, timeout=30),
+                  requests.get(f"{gated['base']}/v2/models/nope", headers=headers, timeout=30)):
+        assert reply.status_code == 401, reply.text
+        assert fragment in reply.json()["error"]
+        assert reply.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_health_stays_open(gated):
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{NAME}/ready", "/v2"):
+        assert requests.get(f"{gated['base']}{path}", timeout=30).status_code == 200, path
+
+
+def test_a_revoked_key_is_401_within_the_refresh(gated):
+    key = _key(gated, "revoked-co")
+    assert _infer(gated, key).status_code == 200
+    gated["store"].revoke(key.split("_")[1])
+    # A requests.Response is falsy for 4xx, hence the message as the polled value.
+    message = _until(lambda: (r := _infer(gated, key)).status_code == 401 and r.json()["error"],
+                     timeout_s=10)
+    assert message and "was revoked at" in message
+
+
+def test_a_model_outside_the_key_scope_is_403(gated):
+    key = _key(gated, "scoped-co", models=("other",), accept=False)
+    for reply in (_infer(gated, key),
+                  requests.get(f"{gated['base']}/v2/models/{NAME}",
+                               headers={"Authorization": f"Bearer {key}"}, timeout=30)):
+        assert reply.status_code == 403, reply.text
+        assert f"may not use model '{NAME}'" in reply.json()["error"]
+
+
+def test_an_unaccepted_agreement_is_403_until_accepted(gated):
+    store = gated["store"]
+    key = _key(gated, "new-co", accept=False)
+    reply = _infer(gated, key)
+    assert reply.status_code == 403, reply.text
+    version = store.agreement(NAME).version
+    assert (f"has not accepted version {version} of the agreement for model '{NAME}'"
+            in reply.json()["error"])
+    assert f"maas agreements accept --tenant new-co --model {NAME} --version {version}" \
+        in reply.json()["error"]
+    store.accept("new-co", NAME, version, "test")
+    assert _until(lambda: _infer(gated, key).status_code == 200, timeout_s=10)
+
+
+def test_over_the_rate_is_429_with_retry_after(gated):
+    key = _key(gated, "fast-co", rate=5.0, burst=5)
+    with requests.Session() as session:
+        replies = [_infer(gated, key, session=session) for _ in range(20)]
+    statuses = Counter(r.status_code for r in replies)
+    assert statuses[200] >= 5 and statuses[429] >= 5, statuses
+    refused = next(r for r in replies if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "may send 5 requests/s" in refused.json()["error"]
+
+
+def test_over_the_quota_is_429_naming_it_and_its_reset(gated):
+    key = _key(gated, "small-co", quota=Quota(5, "day"))
+    statuses = [_infer(gated, key).status_code for _ in range(8)]
+    assert statuses == [200] * 5 + [429] * 3
+    reply = _infer(gated, key)
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d")
+    message = reply.json()["error"]
+    assert "quota" in message and "5 requests/day" in message, message
+    assert f"resets at {tomorrow}T00:00:00Z" in message, message
+    assert int(reply.headers["Retry-After"]) > 0
+
+
+def test_a_rate_holds_across_two_replicas(gated):
+    """20/s, offered 60/s for 10 s through 2 replicas: about 200 accepted, not 400."""
+    from ray import serve
+
+    app = serve.status().applications[model_app_name(NAME)]
+    assert app.deployments[f"model-{NAME}"].replica_states.get("RUNNING") == 2
+    key = _key(gated, "steady-co", rate=20.0)
+    results: Counter = Counter()
+    start = time.monotonic() + 0.5
+
+    def client(offset: int) -> None:
+        with requests.Session() as session:
+            for i in range(offset, 600, 6):  # 6 clients, each 10/s on a fixed schedule
+                delay = start + i / 60.0 - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                results[_infer(gated, key, session=session).status_code] += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert set(results) <= {200, 429} and sum(results.values()) == 600, results
+    assert 180 <= results[200] <= 220, results
+
+
+def test_usage_counts_equal_the_requests_sent(gated):
+    key = _key(gated, "metered-co", quota=Quota(12, "day"))
+    sent: Counter = Counter()
+    for _ in range(7):
+        sent[_infer(gated, key, rows=3).status_code] += 1
+    for _ in range(3):
+        sent[requests.post(f"{gated['base']}/v2/models/{NAME}/infer", data=b"{",
+                           headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code] += 1
+    for _ in range(2):
+        sent[_infer(gated, key, route="versions/9/infer").status_code] += 1
+    for _ in range(4):
+        sent[_infer(gated, key).status_code] += 1
+    assert sent == Counter({200: 7, 400: 3, 404: 2, 429: 4}), sent
+
+    def metered() -> Counter:
+        return Counter({r["status"]: r["requests"]
+                        for r in gated["store"].usage(tenant="metered-co")})
+
+    assert _until(lambda: metered() == sent, timeout_s=15), metered()
+    rows = {r["status"]: r["rows"] for r in gated["store"].usage(tenant="metered-co")}
+    assert rows[200] == 21  # 7 requests of 3 rows
+
+
+def _files_containing(folders: list[Path], marker: bytes) -> list[Path]:
+    found = []
+    for folder in folders:
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = Path(root) / name
+                try:
+                    if marker in path.read_bytes():
+                        found.append(path)
+                except OSError:
+                    continue
+    return found
+
+
+def test_payloads_are_logged_only_where_the_terms_allow(gated):
+    import ray
+
+    quiet = _key(gated, "quiet-co", log_payloads=False)  # refused logging when accepting
+    loud = _key(gated, "loud-co")
+    quiet_marker, loud_marker = f"quiet-{uuid.uuid4().hex}", f"loud-{uuid.uuid4().hex}"
+    for _ in range(6):
+        assert _infer(gated, quiet, id=quiet_marker).status_code == 200
+    for _ in range(6):
+        assert _infer(gated, loud, id=loud_marker).status_code == 200
+    payloads = gated["state"] / "payloads" / NAME
+
+    def loud_logged() -> int:
+        return sum(p.read_text().count(loud_marker) for p in payloads.glob("*.jsonl")) \
+            if payloads.exists() else 0
+
+    assert _until(lambda: loud_logged() == 6, timeout_s=15), loud_logged()
+    assert _until(lambda: sum(r["requests"] for r in
+                              gated["store"].usage(tenant="quiet-co")) == 6, timeout_s=15)
+    logs = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert _files_containing([logs, gated["state"]], quiet_marker.encode()) == []
+    record = next(line for p in payloads.glob("*.jsonl") for line in p.read_text().splitlines()
+                  if loud_marker in line)
+    assert '"tenant":"loud-co"' in record and '"inputs":[{"name":"input"' in record
+
+
+def test_the_catalog_shows_what_the_key_may_use(gated):
+    def catalog(key: str) -> list[dict]:
+        reply = requests.get(f"{gated['base']}/v2/catalog",
+                             headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    (card,) = catalog(_key(gated, "catalog-co", accept=False))
+    assert card["name"] == NAME and card["description"] == "digits, gated"
+    assert card["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert card["versions"] == [1] and card["aliases"] == {"production": 1}
+    assert card["metrics"]["held_out_accuracy"] == 0.5
+    assert card["agreement"]["version"] == gated["store"].agreement(NAME).version
+    assert card["agreement"]["license"] == "CC-BY-4.0"
+    assert card["price"] == {"per_1k_rows": 0.5, "currency": "USD"}
+    everything = catalog(_key(gated, "all-co", models=("*",), accept=False))
+    assert [c["name"] for c in everything] == [NAME, "other"]
+
+
+def test_the_store_holds_only_key_hashes(gated):
+    key = _key(gated, "hashed-co")
+    secret = key.split("_", 2)[2]
+    assert _infer(gated, key).status_code == 200
+    files = list(gated["state"].glob("access.db*"))
+    assert files and not any(secret.encode() in f.read_bytes() for f in files)
+    record = gated["store"].key(key.split("_")[1])
+    assert re.fullmatch(r"[0-9a-f]{64}", record.key_hash) and record.verifies(secret)
+    assert np.all([secret not in str(v) for v in record.public().values()])
+
+
+def test_prometheus_counts_requests_per_tenant(gated, metrics_port):
+    key = _key(gated, "prom-co")
+    for _ in range(3):
+        assert _infer(gated, key).status_code == 200
+
+    def exported() -> float:
+        """prom-co's answered requests, summed over the replicas' series."""
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ray_maas_requests_total")
+                   and 'tenant="prom-co"' in line and 'status="200"' in line)
+
+    assert _until(lambda: exported() == 3.0, timeout_s=60, every_s=1.0), exported()
