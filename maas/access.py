@@ -336,13 +336,19 @@ class AccessStore:
 
     # ---- agreements ----
 
-    def publish(self, model: str, terms: AgreementConfig) -> tuple[Agreement, bool]:
+    def publish(self, model: str, terms: AgreementConfig, only_new: bool = False
+                ) -> tuple[Agreement, bool]:
         """Record ``terms`` as ``model``'s current agreement: (agreement, whether that made a
-        new version). Terms that differ from the current version's make the next version."""
+        new version). Terms that differ from the current version's make the next version.
+        ``only_new``: terms that any earlier version had are not published again (a replica
+        started from an older serve config must not turn the terms back)."""
         digest = terms_digest(terms)
         for _ in range(5):  # two publishers racing for the same next version: one retries
             current = self.agreement(model)
             if current is not None and current.digest == digest:
+                return current, False
+            if only_new and current is not None and any(
+                    a.digest == digest for a in self.agreement_versions(model)):
                 return current, False
             version = 1 if current is None else current.version + 1
             try:

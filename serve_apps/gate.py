@@ -27,9 +27,9 @@ from typing import Any, Mapping
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
-from maas.access import (KEY_PREFIX, Acceptance, AccessStore, KeyRecord, Quota, iso, split_key,
-                         store_url)
-from maas.config import AgreementConfig, expand_state_dir
+from maas.access import (KEY_PREFIX, Acceptance, Agreement, AccessStore, KeyRecord, Quota, iso,
+                         split_key, store_url)
+from maas.config import AgreementConfig, DataUsageConfig, expand_state_dir
 from maas.limits import Buckets, Grant, lease_size
 from maas.oip import InferError
 from maas.payloads import PayloadLog
@@ -265,11 +265,14 @@ class AccessGate:
         self.args = args
         self.model = model
         self.store = AccessStore(args.url())
-        # Publishing is idempotent: the same terms keep their version, changed terms are the
-        # next version, which every tenant must accept again.
-        self.agreement = self.store.publish(model, terms)[0] if (model and terms) else None
-        self.payloads = (PayloadLog(args.payload_folder(), model, terms.data_usage)
-                         if model and terms and terms.data_usage.log_payloads else None)
+        # The model has an agreement when deploy.yaml gives it one; which version tenants must
+        # accept is the store's newest, re-read with the keys: `maas agreements` publishes a
+        # change at once, and these replicas then ask for it. Publishing is idempotent.
+        self.enforced = bool(model and terms)
+        self.agreement = (self.store.publish(model, terms, only_new=True)[0]
+                          if self.enforced else None)
+        self.payloads: PayloadLog | None = None
+        self._apply(self.agreement)
         self._keys: dict[str, KeyRecord] = {}
         self._accepted: dict[str, Acceptance] = {}
         self._older: dict[str, int] = {}  # tenant -> newest version it accepted, if not current
@@ -284,10 +287,26 @@ class AccessGate:
 
     # ---- the store, in the background ----
 
+    def _apply(self, agreement: Agreement | None) -> None:
+        """Enforce ``agreement`` (its version, and its payload terms)."""
+        self.agreement = agreement
+        terms = (DataUsageConfig.model_validate(agreement.terms.get("data_usage", {}))
+                 if agreement is not None else None)
+        current = self.payloads
+        if current is not None and (terms is None or current.terms != terms):
+            current.flush()  # what was admitted under the old terms, written under them
+        if terms is None or not terms.log_payloads:
+            self.payloads = None
+        elif current is None or current.terms != terms:
+            self.payloads = PayloadLog(self.args.payload_folder(), self.model, terms)
+
     def _reload(self) -> None:
         keys = {r.key_id: r for r in self.store.keys()}
         accepted: dict[str, Acceptance] = {}
-        if self.agreement is not None:
+        if self.enforced:
+            agreement = self.store.agreement(self.model)
+            if agreement is not None and agreement.version != self.agreement.version:
+                self._apply(agreement)
             for acceptance in self.store.acceptances(model=self.model):
                 if acceptance.version == self.agreement.version:
                     accepted[acceptance.tenant] = acceptance
@@ -311,6 +330,12 @@ class AccessGate:
                 self.payloads.flush()
         except Exception as exc:
             log.warning("usage not written yet (kept for the next flush): %s", exc)
+
+    def log_payload(self, admission: Admission, version: str, request_id: str | None,
+                    inputs: list[dict[str, Any]]) -> None:
+        payloads = self.payloads  # read once: the terms may change under a request
+        if admission.log_payloads and payloads is not None:
+            payloads.add(admission.tenant, admission.key_id, version, request_id, inputs)
 
     def close(self) -> None:
         self._stop.set()

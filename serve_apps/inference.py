@@ -330,8 +330,8 @@ class ModelServer:
             rows = response.outputs[0].shape[0] if response.outputs[0].shape else 1
             status = 200
             if admission.log_payloads:
-                self.gate.payloads.add(admission.tenant, admission.key_id, served, body.id,
-                                       [t.model_dump() for t in body.inputs])
+                self.gate.log_payload(admission, served, body.id,
+                                      [t.model_dump() for t in body.inputs])
             return _json(response)
         except InferError as exc:
             status = exc.status

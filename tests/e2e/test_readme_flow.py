@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -120,9 +121,11 @@ def test_up_submit_serve_status_down(user_env):
     assert [c["name"] for c in cards] == ["digits", "digits-cnn"]
     assert all(c["agreement"]["version"] == 1 and c["production_version"] for c in cards)
 
-    def used() -> dict:
+    def used() -> Counter:
+        """Requests per (tenant, model, status), summed over the versions that served them."""
         rows = json.loads(_run(["maas", "usage", "--json"], user_env, timeout=120).stdout)
-        return {(r["tenant"], r["model"], r["status"]): r["requests"] for r in rows}
+        return sum((Counter({(r["tenant"], r["model"], r["status"]): r["requests"]})
+                    for r in rows), Counter())
 
     deadline = time.monotonic() + 30  # replicas write usage every access.usage_flush_s
     while used().get(("demo", "digits", 200)) != 3 and time.monotonic() < deadline:

@@ -292,3 +292,22 @@ def test_prometheus_counts_requests_per_tenant(gated, metrics_port):
                    and 'tenant="prom-co"' in line and 'status="200"' in line)
 
     assert _until(lambda: exported() == 3.0, timeout_s=60, every_s=1.0), exported()
+
+
+def test_changed_terms_must_be_accepted_again(gated):
+    """`maas agreements` publishes deploy.yaml's changed terms; replicas ask for the new
+    version within access.refresh_s, with no redeploy."""
+    from maas.config import AgreementConfig
+
+    store = gated["store"]
+    key = _key(gated, "loyal-co")
+    assert _infer(gated, key).status_code == 200
+    old = store.agreement(NAME).version
+    changed = AgreementConfig.model_validate(TERMS | {"allowed_uses": ["testing", "research"]})
+    new, created = store.publish(NAME, changed)
+    assert created and new.version == old + 1
+    message = _until(lambda: (r := _infer(gated, key)).status_code == 403 and r.json()["error"],
+                     timeout_s=10)
+    assert message and f"has not accepted version {new.version}" in message
+    store.accept("loyal-co", NAME, new.version, "test")
+    assert _until(lambda: _infer(gated, key).status_code == 200, timeout_s=10)
