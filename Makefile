@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 export RAY_AUTH_MODE := token
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 
-.PHONY: setup demo up down test test-unit test-integration test-e2e bench clean
+.PHONY: setup demo up down test test-unit test-integration test-reliability test-e2e \
+	reliability-report bench clean
 
 # constraints.txt pins every package; torch==2.13.0 there is the CPU build on this machine.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,10 +32,10 @@ up: setup
 down: setup
 	$(BIN)/maas down
 
-# Unit and integration tests share one pytest session (one Ray cluster); the e2e test starts
-# and stops its own head with `maas up`/`maas down`, so it runs in a session of its own.
+# Unit, integration and reliability tests share one pytest session (one Ray cluster); the e2e
+# test starts and stops its own head with `maas up`/`maas down`, so it runs in a session of its own.
 test: setup
-	$(PYTEST) tests/unit tests/integration
+	$(PYTEST) tests/unit tests/integration tests/reliability
 	$(PYTEST) tests/e2e
 
 test-unit: setup
@@ -42,6 +43,13 @@ test-unit: setup
 
 test-integration: setup
 	$(PYTEST) tests/integration
+
+test-reliability: setup
+	$(PYTEST) tests/reliability
+
+# The reliability tests, and their figures written into RELIABILITY.md.
+reliability-report: setup
+	MAAS_RELIABILITY_REPORT=1 $(PYTEST) tests/reliability
 
 test-e2e: setup
 	$(PYTEST) tests/e2e

@@ -1,6 +1,110 @@
-"""Shared test setup. Ray reads RAY_AUTH_MODE when it is first imported: set it before that."""
+"""Shared test setup, and the Ray tiers' cluster: one local Ray cluster (2 CPUs, like the CI
+machine) and one Serve instance per test session, started only when a test asks for it.
+
+Ray reads RAY_AUTH_MODE when it is first imported: it is set here, before that."""
 
 import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from maas.config import DeployConfig, parse_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_port(metrics_port: int) -> int:
+    """A local Ray cluster and Serve on a free port; both are shut down after the session."""
+    from maas.cluster import serve_env
+    from maas.config import ClusterConfig
+
+    # Serve's python proxy here: under HAProxy every deploy and delete took 30-60 s on this
+    # machine, which would double this tier's time. tests/e2e runs the default (haproxy)
+    # through `maas up`, and bench/serve_bench.py measures both.
+    os.environ.update(serve_env(ClusterConfig(serve_ingress="python")))
+    import ray
+    from ray import serve
+
+    # address="local": a private cluster, even when `maas up` runs one on this machine. The
+    # dashboard serves Ray's state API, which the fault tests use to find worker processes.
+    ray.init(address="local", num_cpus=2, include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+             _metrics_export_port=metrics_port)
+    port = _free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def register_versions(cfg: DeployConfig, name: str, seeds: list[int], folder: Path):
+    """Register a small digits MLP per seed as versions 1, 2, ... of ``name``, promote
+    version 1; return (registry, splits)."""
+    import torch
+
+    from maas.config import DataConfig, ExportConfig, ModelArchConfig
+    from maas.data import load_splits
+    from maas.export import export_onnx
+    from maas.models import model_for
+    from maas.registry import Registry
+    from maas.tracking import Tracker
+
+    registry = Registry.from_config(cfg)
+    run_id = Tracker(cfg).start(f"{name}-test", params={}, tags={})
+    splits = load_splits(DataConfig())
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = model_for(ModelArchConfig(hidden=[32]), splits).eval()
+        path = export_onnx(model, splits.n_features, folder / f"{name}-{seed}.onnx",
+                           ExportConfig())
+        registry.register(name, path, run_id=run_id, metrics={"held_out_accuracy": 0.5},
+                          variant="fp32", data_fingerprint=splits.fingerprint,
+                          config_digest="test")
+    registry.promote(name, 1)
+    return registry, splits
+
+
+@pytest.fixture(scope="session")
+def deploy_cfg(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> DeployConfig:
+    """The shipped model settings with fewer epochs, private state and the session's port.
+    Access is off here (open routes); test_access.py deploys its own apps with it on."""
+    state: Path = tmp_path_factory.mktemp("maas-state")
+    return parse_config({
+        "state_dir": str(state),
+        "cluster": {"http_port": serve_port},
+        "access": {"enabled": False},
+        "models": [{
+            "name": "digits",
+            "train": {"workers": 2, "epochs": 8, "batch_size": 32, "lr": 0.002},
+        }],
+    }, source="integration")
+
+
+def files_containing(folders: list[Path], needle: bytes) -> list[Path]:
+    """Every file under ``folders`` whose bytes contain ``needle`` (logs, stores, payloads)."""
+    found = []
+    for folder in folders:
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = Path(root) / name
+                try:
+                    if needle in path.read_bytes():
+                        found.append(path)
+                except OSError:
+                    continue
+    return found

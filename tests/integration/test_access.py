@@ -2,7 +2,6 @@
 Retry-After, 429 quota, a rate held across replicas, exact usage, payload logging by the
 terms, the catalog, and a store that holds only key hashes."""
 
-import os
 import re
 import threading
 import time
@@ -18,7 +17,7 @@ import requests
 from maas.access import AccessStore, Quota
 from maas.config import DeployConfig
 from maas.serving import deploy_model, model_app_name, wait_for_version
-from tests.integration.conftest import register_versions
+from tests.conftest import files_containing, register_versions
 
 pytestmark = pytest.mark.integration
 NAME = "gated"
@@ -209,20 +208,6 @@ def test_usage_counts_equal_the_requests_sent(gated):
     assert rows[200] == 21  # 7 requests of 3 rows
 
 
-def _files_containing(folders: list[Path], marker: bytes) -> list[Path]:
-    found = []
-    for folder in folders:
-        for root, _, names in os.walk(folder):
-            for name in names:
-                path = Path(root) / name
-                try:
-                    if marker in path.read_bytes():
-                        found.append(path)
-                except OSError:
-                    continue
-    return found
-
-
 def test_payloads_are_logged_only_where_the_terms_allow(gated):
     import ray
 
@@ -243,7 +228,7 @@ def test_payloads_are_logged_only_where_the_terms_allow(gated):
     assert _until(lambda: sum(r["requests"] for r in
                               gated["store"].usage(tenant="quiet-co")) == 6, timeout_s=15)
     logs = Path(ray._private.worker._global_node.get_session_dir_path())
-    assert _files_containing([logs, gated["state"]], quiet_marker.encode()) == []
+    assert files_containing([logs, gated["state"]], quiet_marker.encode()) == []
     record = next(line for p in payloads.glob("*.jsonl") for line in p.read_text().splitlines()
                   if loud_marker in line)
     assert '"tenant":"loud-co"' in record and '"inputs":[{"name":"input"' in record

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.conftest import register_versions
+from tests.conftest import register_versions
 from maas.config import ModelConfig
 from maas.export import ort_session
 from maas.registry import CANARY

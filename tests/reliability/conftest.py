@@ -1,0 +1,30 @@
+"""Figures of the reliability tests: each test adds a row; ``make reliability-report`` writes
+them into RELIABILITY.md (plain ``make test`` leaves the file alone)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def figures():
+    rows: list[dict] = []
+    yield rows
+    if rows and os.environ.get("MAAS_RELIABILITY_REPORT") == "1":
+        import sys
+
+        sys.path.insert(0, str(REPO / "bench"))
+        from results import update_section
+
+        lines = ["Written by `make reliability-report` (tests/reliability) on this machine: "
+                 "2 CPUs, one local Ray cluster, Serve's python proxy.", "",
+                 "| test | fault | load | requests sent | failed | connection retries | "
+                 "recovery s | command |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['test']} | {r['fault']} | {r['load']} | {r['sent']} | "
+                         f"{r['failed']} ({100 * r['failed'] / max(1, r['sent']):.2f}%) | "
+                         f"{r['retries']} | {r['recovery_s']:.1f} | `{r['command']}` |")
+        update_section("Measured", lines, REPO / "RELIABILITY.md")
