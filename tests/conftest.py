@@ -52,15 +52,26 @@ def serve_port(metrics_port: int) -> int:
     ray.shutdown()
 
 
-def register_versions(cfg: DeployConfig, name: str, seeds: list[int], folder: Path):
-    """Register a small digits MLP per seed as versions 1, 2, ... of ``name``, promote
-    version 1; return (registry, splits)."""
+def export_small_model(path: Path, seed: int = 0) -> Path:
+    """A small digits MLP (64 -> 32 -> 10) exported to ``path`` as ONNX."""
     import torch
 
     from maas.config import DataConfig, ExportConfig, ModelArchConfig
     from maas.data import load_splits
     from maas.export import export_onnx
     from maas.models import model_for
+
+    splits = load_splits(DataConfig())
+    torch.manual_seed(seed)
+    model = model_for(ModelArchConfig(hidden=[32]), splits).eval()
+    return export_onnx(model, splits.n_features, path, ExportConfig())
+
+
+def register_versions(cfg: DeployConfig, name: str, seeds: list[int], folder: Path):
+    """Register a small digits MLP per seed as versions 1, 2, ... of ``name``, promote
+    version 1; return (registry, splits)."""
+    from maas.config import DataConfig
+    from maas.data import load_splits
     from maas.registry import Registry
     from maas.tracking import Tracker
 
@@ -68,10 +79,7 @@ def register_versions(cfg: DeployConfig, name: str, seeds: list[int], folder: Pa
     run_id = Tracker(cfg).start(f"{name}-test", params={}, tags={})
     splits = load_splits(DataConfig())
     for seed in seeds:
-        torch.manual_seed(seed)
-        model = model_for(ModelArchConfig(hidden=[32]), splits).eval()
-        path = export_onnx(model, splits.n_features, folder / f"{name}-{seed}.onnx",
-                           ExportConfig())
+        path = export_small_model(folder / f"{name}-{seed}.onnx", seed)
         registry.register(name, path, run_id=run_id, metrics={"held_out_accuracy": 0.5},
                           variant="fp32", data_fingerprint=splits.fingerprint,
                           config_digest="test")

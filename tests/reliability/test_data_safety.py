@@ -48,3 +48,50 @@ def test_usage_writes_survive_kill_9(tmp_path, figures):
                     "failed": torn, "retries": 0, "recovery_s": 0.0,
                     "command": "make test-reliability"})
     assert written > 0 and torn == 0
+
+
+REGISTRAR = """
+import sys
+from pathlib import Path
+from maas.config import parse_config
+from maas.registry import Registry
+from maas.tracking import Tracker
+cfg = parse_config({"state_dir": sys.argv[1], "models": [{"name": "m"}]})
+registry = Registry.from_config(cfg)
+run_id = Tracker(cfg).start("kill-9", params={}, tags={})
+print("ready", flush=True)
+while True:
+    registry.register("m", Path(sys.argv[2]), run_id=run_id, metrics={}, variant="fp32",
+                      data_fingerprint="x", config_digest="x")
+"""
+
+
+def test_the_registry_survives_kill_9_mid_registration(tmp_path, figures):
+    from maas.config import parse_config
+    from maas.registry import Registry
+    from tests.conftest import export_small_model
+
+    model = export_small_model(tmp_path / "m.onnx")
+    state = tmp_path / "state"
+    for _ in range(4):
+        writer = subprocess.Popen([sys.executable, "-c", REGISTRAR, str(state), str(model)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # a few registrations in; the kill lands wherever it lands
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    registry = Registry.from_config(parse_config({"state_dir": str(state),
+                                                  "models": [{"name": "m"}]}))
+    numbers = registry.version_numbers("m")
+    broken = []
+    for number in numbers:
+        try:
+            registry.load(registry.get("m", number))  # both hashes checked
+        except Exception as exc:  # noqa: BLE001 - any failure is a broken version
+            broken.append((number, repr(exc)[:200]))
+    figures.append({"test": "kill -9 a registration", "fault": "SIGKILL mid-register, 4 times",
+                    "load": "one process registering versions in a loop", "sent": len(numbers),
+                    "failed": len(broken), "retries": 0, "recovery_s": 0.0,
+                    "command": "make test-reliability"})
+    assert numbers == list(range(1, len(numbers) + 1)) and numbers, numbers
+    assert broken == []

@@ -28,7 +28,7 @@ class Load:
     client does, and safe here, since an inference changes nothing. Retries are counted
     apart; a request is *failed* when it got no 200 in the end."""
 
-    RETRY_S = 30.0
+    RETRY_S = 60.0  # more than the proxy restart takes here (24-30 s)
 
     def __init__(self, url: str, body: dict, clients: int = 8):
         self.url, self.body = url, body
