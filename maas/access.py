@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from maas.config import TENANT_PATTERN, AgreementConfig, expand_state_dir
+from maas.config import TENANT_PATTERN, AgreementConfig
 
 KEY_PREFIX = "maas_"
 ALL_MODELS = "*"
@@ -39,11 +39,6 @@ UNCOUNTED_STATUSES = (401, 403, 429)
 
 class AccessError(Exception):
     """A store operation that cannot be done; the message says why and what to do."""
-
-
-def store_url(store: str | None, state_dir: str) -> str:
-    """The access store's SQLAlchemy URL: ``store``, or SQLite under ``state_dir``."""
-    return store or f"sqlite:///{expand_state_dir(state_dir) / 'access.db'}"
 
 
 # ---- limits ---------------------------------------------------------------------------------

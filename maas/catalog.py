@@ -9,24 +9,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from maas.access import AccessStore
-from maas.config import DeployConfig
+from maas.config import CatalogConfig, DeployConfig
 from maas.oip import TensorSpec
 from maas.registry import PRODUCTION, Registry, RegistryError
 
 
-class CatalogEntry(BaseModel):
-    """One model as deploy.yaml lists it in the catalog (the serve app's args)."""
-
-    model_config = ConfigDict(extra="forbid")
+class CatalogEntry(CatalogConfig):
+    """One model's ``catalog`` section with its name (the server app's args)."""
 
     name: str
-    description: str = ""
-    price_per_1k_rows: float | None = None
-    currency: str = "USD"
-    tags: list[str] = Field(default_factory=list)
 
 
 class ModelCard(BaseModel):
@@ -46,10 +40,7 @@ class ModelCard(BaseModel):
 
 
 def entries(cfg: DeployConfig) -> list[CatalogEntry]:
-    return [CatalogEntry(name=m.name, description=m.catalog.description,
-                         price_per_1k_rows=m.catalog.price_per_1k_rows,
-                         currency=m.catalog.currency, tags=list(m.catalog.tags))
-            for m in cfg.models]
+    return [CatalogEntry(name=m.name, **m.catalog.model_dump()) for m in cfg.models]
 
 
 def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | None) -> ModelCard:

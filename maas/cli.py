@@ -27,18 +27,17 @@ from maas.config import ClusterConfig, DeployConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="maas: train, export and serve models on Ray from one deploy.yaml.")
-_load = load
 
 
 def _cluster_section(path: Path) -> ClusterConfig:
     """The cluster section of ``path``, or the defaults when there is no such file."""
-    return _load(path).cluster if path.exists() else ClusterConfig()
+    return load(path).cluster if path.exists() else ClusterConfig()
 
 
 @app.command()
 def validate(config: Path = ConfigArg) -> None:
     """Check deploy.yaml; print OK or every problem with its key path (exit code 2)."""
-    cfg = _load(config)
+    cfg = load(config)
     names = ", ".join(m.name for m in cfg.models)
     console.print(f"OK: {config} ({len(cfg.models)} model(s): {names})", highlight=False)
 
@@ -156,7 +155,7 @@ def run(config: Path = ConfigArg,
     """Train, export, serve and query every model in deploy.yaml (as `python -m jobs.pipeline`)."""
     from maas.cluster import ensure_auth_mode
 
-    cfg = _load(config)
+    cfg = load(config)
     ensure_auth_mode()
     from jobs.pipeline import PipelineError, run_pipeline
     from maas.data import DataError
@@ -181,7 +180,7 @@ def _registry(config: Path):
     from maas.registry import Registry
 
     if config.exists():
-        return Registry.from_config(_load(config))
+        return Registry.from_config(load(config))
     state = expand_state_dir(DeployConfig.model_fields["state_dir"].default)
     state.mkdir(parents=True, exist_ok=True)
     return Registry(sqlite_uri(state))
@@ -198,15 +197,12 @@ def _registry_call(action):
         raise typer.Exit(1) from None
 
 
-_print_wide, _echo_json = print_wide, echo_json
-
-
 @models_app.command("list")
 def models_list(config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
     """Every registered model with its production and canary versions."""
     models = _registry_call(lambda: _registry(config).models())
     if as_json:
-        _echo_json([m.model_dump() for m in models])
+        echo_json([m.model_dump() for m in models])
         return
     table = Table(title="registered models")
     for column in ("model", "production", "canary", "versions", "latest", "updated"):
@@ -215,7 +211,7 @@ def models_list(config: Path = ConfigOption, as_json: bool = JsonOption) -> None
         table.add_row(m.name, str(m.aliases.get("production", "-")),
                       str(m.aliases.get("canary", "-")), str(m.versions),
                       str(m.latest_version or "-"), m.updated_at)
-    _print_wide(table)
+    print_wide(table)
 
 
 @models_app.command("show")
@@ -224,7 +220,7 @@ def models_show(name: str, config: Path = ConfigOption, as_json: bool = JsonOpti
     registry = _registry(config)
     versions = _registry_call(lambda: registry.versions(name))
     if as_json:
-        _echo_json({"name": name, "versions": [v.model_dump() for v in versions]})
+        echo_json({"name": name, "versions": [v.model_dump() for v in versions]})
         return
     table = Table(title=f"{name} in {registry.uri}")
     for column in ("version", "aliases", "variant", "held-out", "size kB", "sha256", "encrypted",
@@ -237,7 +233,7 @@ def models_show(name: str, config: Path = ConfigOption, as_json: bool = JsonOpti
         table.add_row(str(v.version), ", ".join(v.aliases), v.variant, score,
                       "-" if size is None else f"{size / 1000:.1f}", v.sha256[:12],
                       "yes" if v.encrypted else "no", v.created_at, (v.source_run or "-")[:12])
-    _print_wide(table)
+    print_wide(table)
 
 
 @models_app.command("promote")
@@ -249,7 +245,7 @@ def models_promote(name: str, version: int,
     registry = _registry(config)
     previous = _registry_call(lambda: registry.promote(name, version, alias))
     if as_json:
-        _echo_json({"name": name, "alias": alias, "version": version, "previous": previous})
+        echo_json({"name": name, "alias": alias, "version": version, "previous": previous})
         return
     was = "unset" if previous is None else f"version {previous}"
     console.print(f"{name}: {alias} -> version {version} (was {was})", highlight=False)
@@ -261,7 +257,7 @@ def models_rollback(name: str, config: Path = ConfigOption, as_json: bool = Json
     registry = _registry(config)
     current, target = _registry_call(lambda: registry.rollback(name))
     if as_json:
-        _echo_json({"name": name, "alias": "production", "from": current, "to": target})
+        echo_json({"name": name, "alias": "production", "from": current, "to": target})
         return
     console.print(f"{name}: production -> version {target} (was version {current})",
                   highlight=False)
@@ -282,7 +278,7 @@ def serve_config(config: Path = ConfigArg,
     """Print the Ray Serve config (for `serve deploy` and KubeRay's serveConfigV2)."""
     from maas.serving import serve_config as build
 
-    text = yaml.safe_dump(build(_load(config)), sort_keys=False)
+    text = yaml.safe_dump(build(load(config)), sort_keys=False)
     if output is None:
         typer.echo(text, nl=False)
     else:

@@ -426,6 +426,11 @@ def sqlite_uri(state_path: Path) -> str:
     return f"sqlite:///{state_path / 'mlflow.db'}"
 
 
+def access_store_uri(store: str | None, state_dir: str) -> str:
+    """The access store's SQLAlchemy URL: ``store``, or SQLite under ``state_dir``."""
+    return store or f"sqlite:///{expand_state_dir(state_dir) / 'access.db'}"
+
+
 class DeployConfig(StrictModel):
     """The whole of ``deploy.yaml``."""
 
@@ -460,7 +465,7 @@ class DeployConfig(StrictModel):
 
     @property
     def access_store(self) -> str:
-        return self.access.store or f"sqlite:///{self.state_path / 'access.db'}"
+        return access_store_uri(self.access.store, self.state_dir)
 
     def model(self, name: str) -> ModelConfig:
         for model in self.models:

@@ -39,13 +39,9 @@ def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None = 
     autoscaling = (None if serve_cfg.autoscaling is None
                    else serve_cfg.autoscaling.model_dump(exclude_none=True))
     return {
+        **_replica_args(cfg),
         "name": model.name,
-        # Unexpanded on purpose: '~' resolves on the replica's machine, so the same serve
-        # config works from a laptop, a `ray up` head or a KubeRay pod.
-        "state_dir": cfg.state_dir,
-        "registry_uri": cfg.registry.uri or cfg.tracking.uri,
         "version": version,
-        "key_env": cfg.registry.key_env,
         "num_replicas": serve_cfg.num_replicas,
         "autoscaling": autoscaling,
         "num_cpus": serve_cfg.cpus_per_replica,
@@ -57,8 +53,19 @@ def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None = 
         "canary_weight": serve_cfg.canary_weight,
         "alias_poll_s": serve_cfg.alias_poll_s,
         "access_log": serve_cfg.access_log,
-        "access": access_args(cfg),
         "agreement": None if model.agreement is None else model.agreement.model_dump(mode="json"),
+    }
+
+
+def _replica_args(cfg: DeployConfig) -> dict[str, Any]:
+    """What every serve app is told (``serve_apps.args.ReplicaArgs``)."""
+    return {
+        # Unexpanded on purpose: '~' resolves on the replica's machine, so the same serve
+        # config works from a laptop, a `ray up` head or a KubeRay pod.
+        "state_dir": cfg.state_dir,
+        "registry_uri": cfg.registry.uri or cfg.tracking.uri,
+        "key_env": cfg.registry.key_env,
+        "access": access_args(cfg),
     }
 
 
@@ -75,9 +82,7 @@ def server_args(cfg: DeployConfig) -> dict[str, Any]:
     """The ``serve_apps.server`` args: the catalog of every model, and access."""
     from maas.catalog import entries
 
-    return {"state_dir": cfg.state_dir, "registry_uri": cfg.registry.uri or cfg.tracking.uri,
-            "key_env": cfg.registry.key_env, "access": access_args(cfg),
-            "catalog": [e.model_dump() for e in entries(cfg)]}
+    return {**_replica_args(cfg), "catalog": [e.model_dump() for e in entries(cfg)]}
 
 
 def serve_config(cfg: DeployConfig) -> dict[str, Any]:

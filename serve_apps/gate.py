@@ -28,8 +28,8 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from maas.access import (KEY_PREFIX, Acceptance, Agreement, AccessStore, KeyRecord, Quota, iso,
-                         split_key, store_url)
-from maas.config import AgreementConfig, DataUsageConfig, expand_state_dir
+                         split_key)
+from maas.config import AgreementConfig, DataUsageConfig, access_store_uri, expand_state_dir
 from maas.limits import Buckets, Grant, lease_size
 from maas.oip import InferError
 from maas.payloads import PayloadLog
@@ -51,7 +51,7 @@ class AccessArgs(BaseModel):
     payload_dir: str | None = None
 
     def url(self) -> str:
-        return store_url(self.store, self.state_dir)
+        return access_store_uri(self.store, self.state_dir)
 
     def payload_folder(self) -> Path:
         if self.payload_dir:
@@ -131,8 +131,8 @@ class Leases:
     ASK_TIMEOUT_S = 2.0
     TOP_UP_FROM = 4  # leases of at least this many tokens are topped up ahead of time
 
-    def __init__(self, url: str, store: AccessStore):
-        self.url = url
+    def __init__(self, store: AccessStore):
+        self.url = store.url
         self._actor: Any = None
         # While the actor cannot be reached (restarting, its node lost) this replica counts
         # alone: limits then hold per replica instead of across them, and serving goes on.
@@ -280,7 +280,7 @@ class AccessGate:
         self._verified: dict[str, tuple[str, str]] = {}  # header -> (key id, hash it matched)
         self._lookup_window = (0.0, 0)
         self._reload()
-        self.leases = Leases(args.url(), self.store)
+        self.leases = Leases(self.store)
         self.meter = UsageMeter(self.store)
         self._stop = threading.Event()
         threading.Thread(target=self._background, name="maas-access", daemon=True).start()

@@ -32,35 +32,29 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from maas.config import ENV_NAME_PATTERN, AgreementConfig, expand_state_dir, sqlite_uri
+from maas.config import AgreementConfig
 from maas.export import ort_session
 from maas.oip import (ErrorBody, InferenceRequest, InferenceResponse, InferError, ModelMetadata,
                       TensorSpec, decode_input, encode_output)
-from maas.registry import CANARY, PRODUCTION, Registry, RegistryError, VersionInfo
-from serve_apps.gate import ANONYMOUS, AccessArgs, AccessGate, Admission
+from maas.registry import CANARY, PRODUCTION, RegistryError, VersionInfo
+from serve_apps.args import ReplicaArgs
+from serve_apps.gate import ANONYMOUS, AccessGate, Admission, Refusal
 from serve_apps.http import make_api, read_json_body, validation_message
 
 log = logging.getLogger("ray.serve")
 EXPLICIT_VERSIONS_KEPT = 4  # explicitly requested versions held in memory besides the aliases
 
 
-class InferenceArgs(BaseModel):
+class InferenceArgs(ReplicaArgs):
     """Typed arguments of this app, as written in the serve config."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str
-    state_dir: str = Field(description="the maas state directory; '~' is expanded on the replica")
-    registry_uri: str | None = Field(
-        None, description="MLflow registry URI; null: the SQLite database under state_dir")
     version: int | None = Field(
         None, ge=1, description="pin the unversioned routes to this version; null: follow aliases")
-    key_env: str = Field("MAAS_MODEL_KEY", pattern=ENV_NAME_PATTERN,
-                         description="environment variable with the key of encrypted models")
     num_replicas: int = Field(1, ge=1)
     autoscaling: dict[str, Any] | None = Field(None, description="maas AutoscalingConfig fields")
     num_cpus: float = Field(0.25, gt=0)
@@ -72,22 +66,7 @@ class InferenceArgs(BaseModel):
     canary_weight: float = Field(0.0, ge=0.0, le=1.0)
     alias_poll_s: float = Field(2.0, gt=0)
     access_log: bool = False
-    access: AccessArgs | None = Field(None, description="null: no keys needed (access off)")
     agreement: AgreementConfig | None = Field(None, description="the model's terms of use")
-
-    def registry(self) -> Registry:
-        return Registry(self.registry_uri or sqlite_uri(expand_state_dir(self.state_dir)),
-                        key_env=self.key_env)
-
-    def digest(self) -> str:
-        """These settings and this maas release, hashed: what a deploy compares to decide
-        whether the running replicas can stay (see maas.serving.deploy_model)."""
-        import hashlib
-
-        import maas
-
-        text = f"{maas.__version__}\n{self.model_dump_json()}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -335,9 +314,8 @@ class ModelServer:
             return _json(response)
         except InferError as exc:
             status = exc.status
-            tenant = getattr(exc, "tenant", None)  # an access refusal knows whose key it was
-            if tenant is not None:
-                admission = Admission(tenant, exc.key_id, False)
+            if isinstance(exc, Refusal):  # an access refusal knows whose key it was
+                admission = Admission(exc.tenant, exc.key_id, False)
             raise
         finally:
             ms = (time.perf_counter() - started) * 1000.0

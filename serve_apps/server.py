@@ -11,41 +11,29 @@ key like every model route; health and server metadata stay open.
 """
 
 import asyncio
-import hashlib
 import time
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from ray import serve
 from ray.serve import Application
 
 import maas
 from maas.catalog import CatalogEntry, ModelCard, catalog
-from maas.config import ENV_NAME_PATTERN, expand_state_dir, sqlite_uri
 from maas.oip import ErrorBody
-from maas.registry import Registry
 from maas.serving import MODEL_APP_PREFIX
-from serve_apps.gate import AccessArgs, AccessGate
+from serve_apps.args import ReplicaArgs
+from serve_apps.gate import AccessGate
 from serve_apps.http import make_api
 
 CATALOG_CACHE_S = 2.0  # cards take a few registry queries each; clients may poll
 
 
-class ServerArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_cpus: float = 0.1
+class ServerArgs(ReplicaArgs):
     state_dir: str = "~/.maas"
-    registry_uri: str | None = None
-    key_env: str = Field("MAAS_MODEL_KEY", pattern=ENV_NAME_PATTERN)
-    access: AccessArgs | None = None
+    num_cpus: float = 0.1
     catalog: list[CatalogEntry] = Field(default_factory=list)
-
-    def digest(self) -> str:
-        """These settings and this maas release (see maas.serving.deploy_model)."""
-        text = f"{maas.__version__}\n{self.model_dump_json()}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 api = make_api(title="maas", description="Open Inference Protocol v2 server endpoints")
@@ -64,8 +52,7 @@ class Server:
     def __init__(self, args: ServerArgs):
         self.args = args
         self.digest = args.digest()
-        self.registry = Registry(args.registry_uri or sqlite_uri(expand_state_dir(args.state_dir)),
-                                 key_env=args.key_env)
+        self.registry = args.registry()
         self.gate = AccessGate(args.access) if args.access is not None else None
         self._cards: tuple[float, list[ModelCard]] = (0.0, [])
 
