@@ -175,7 +175,9 @@ def test_promotion_under_load_fails_no_request(served, deploy_cfg):
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)  # traffic is flowing before the switch
+        deadline = time.monotonic() + 60  # traffic is flowing before the switch
+        while results["1"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
         registry.promote(NAME, 2)
         wait_for_version(deploy_cfg, _model_cfg(), 2)
         deadline = time.monotonic() + 120

@@ -13,6 +13,14 @@ from maas.access import AccessStore
 
 pytestmark = pytest.mark.reliability
 
+
+def _until(check, timeout_s: float = 60.0) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "the writer made no progress"
+        time.sleep(0.05)
+
 # Each transaction adds 1 to two usage rows; a torn transaction would leave them unequal.
 WRITER = """
 import sys, time
@@ -30,11 +38,16 @@ def test_usage_writes_survive_kill_9(tmp_path, figures):
     url = f"sqlite:///{tmp_path / 'access.db'}"
     store = AccessStore(url)
     kills, torn = 0, 0
+
+    def written() -> int:
+        return sum(r["requests"] for r in store.usage(tenant="a"))
+
     for _ in range(5):
         writer = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE,
                                   text=True)
         assert writer.stdout.readline().strip() == "ready"
-        time.sleep(0.3)  # let it be mid-stream; the kill lands wherever it lands
+        start = written()
+        _until(lambda: written() >= start + 50)  # mid-stream; the kill lands wherever it lands
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
         kills += 1
@@ -73,15 +86,23 @@ def test_the_registry_survives_kill_9_mid_registration(tmp_path, figures):
 
     model = export_small_model(tmp_path / "m.onnx")
     state = tmp_path / "state"
+    registry = Registry.from_config(parse_config({"state_dir": str(state),
+                                                  "models": [{"name": "m"}]}))
+
+    def registered() -> int:
+        try:
+            return len(registry.version_numbers("m"))
+        except Exception:  # noqa: BLE001 - not created yet by the first writer
+            return 0
+
     for _ in range(4):
         writer = subprocess.Popen([sys.executable, "-c", REGISTRAR, str(state), str(model)],
                                   stdout=subprocess.PIPE, text=True)
         assert writer.stdout.readline().strip() == "ready"
-        time.sleep(1.5)  # a few registrations in; the kill lands wherever it lands
+        start = registered()
+        _until(lambda: registered() >= start + 5)  # a few in; the kill lands wherever it lands
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
-    registry = Registry.from_config(parse_config({"state_dir": str(state),
-                                                  "models": [{"name": "m"}]}))
     numbers = registry.version_numbers("m")
     broken = []
     for number in numbers:
