@@ -339,7 +339,8 @@ def run_training(model_cfg: ModelConfig, splits: Splits, storage_path: Path, run
         train_loop_config={"inputs": inputs,
                            "resume_from": _recover_torn_snapshot(storage_path / run_name)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.placement_strategy),
         datasets={"train": to_ray_dataset(splits.x_train, splits.y_train, soft_targets)},
         run_config=ray.train.RunConfig(
             name=run_name,

@@ -89,11 +89,14 @@ def status(config: Path = ConfigArg) -> None:
     import ray
 
     cfg = _cluster_section(config)
-    address = cluster.configured_address(cfg) or "auto"
+    address = cluster.configured_address(cfg) or cluster.local_head_address()
+    if address is None:
+        err.print("No Ray cluster is running here; start one with `maas up`.")
+        raise typer.Exit(1)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except ConnectionError:
-        err.print("No Ray cluster is running here; start one with `maas up`.")
+        err.print(f"No Ray cluster answers at {address}; start one with `maas up`.")
         raise typer.Exit(1) from None
     dashboard = cluster.dashboard_url()
     console.print(f"Ray cluster at {ray.get_runtime_context().gcs_address}; "

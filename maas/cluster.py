@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -79,11 +80,10 @@ def connect(cfg: ClusterConfig) -> Connection:
     if address:
         ray.init(address=address, log_to_driver=True)
         return Connection("remote", address, dashboard_url())
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        return Connection("local", ray.get_runtime_context().gcs_address, dashboard_url())
-    except ConnectionError:
-        pass
+    local = local_head_address()
+    if local is not None:
+        ray.init(address=local, log_to_driver=True)
+        return Connection("local", local, dashboard_url())
     os.environ.update(serve_env(cfg))  # inherited by the embedded head's processes
     ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
              include_dashboard=True, dashboard_host=cfg.dashboard_host,
@@ -101,11 +101,39 @@ def dashboard_url() -> str | None:
     return url if url.startswith("http") else f"http://{url}"
 
 
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def local_head_address() -> str | None:
+    """The GCS address of a Ray head running on this machine: `maas up`'s, or the one Ray
+    recorded for the last `ray start` here; None when neither answers.
+
+    Checked by connecting to the port first: Ray's own ``address="auto"`` trusts the recorded
+    address and, when that cluster is gone (a killed test cluster, a rebooted head), retries
+    it for a minute before it fails."""
+    recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    candidates = [f"127.0.0.1:{GCS_PORT}"]
+    try:
+        candidates.append(recorded.read_text().strip())
+    except OSError:
+        pass
+    return next((address for address in candidates if address and _listening(address)), None)
+
+
 def head_running() -> bool:
     """True when a Ray head started on this machine (e.g. by `maas up`) is reachable."""
+    address = local_head_address()
+    if address is None:
+        return False
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", AUTH_MODE)}
     probe = subprocess.run(
-        [sys.executable, "-c", "import ray; ray.init(address='auto'); ray.shutdown()"],
+        [sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"],
         env=env, capture_output=True, timeout=60,
     )
     return probe.returncode == 0

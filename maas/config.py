@@ -148,6 +148,10 @@ class TrainConfig(StrictModel):
     use_gpu: bool = Field(False, description="one GPU per worker, nccl backend")
     # Fractional CPUs: on a 2-core head, 2 workers x 1 CPU would leave nothing for Serve.
     cpus_per_worker: float = Field(0.5, gt=0.0)
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="PACK: workers on as few nodes as fit them (fast collectives); "
+                            "SPREAD: on different nodes where possible, so a lost node costs "
+                            "one worker, not all of them")
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536, description="per worker")
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -280,6 +284,10 @@ class ServeConfig(StrictModel):
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
     max_rows: int = Field(1024, ge=1, description="rows allowed in one infer request")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
+    body_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0,
+        description="a request body not all received within this many seconds gets 408 (a "
+                    "slow or stalled client would otherwise hold its request open for ever)")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     canary_weight: float = Field(
         0.0, ge=0.0, le=1.0,

@@ -302,7 +302,7 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         aliases = self._aliases(name)
-        if ref is None or isinstance(ref, str) and not ref.isdigit():
+        if ref is None or isinstance(ref, str) and not (ref.isascii() and ref.isdecimal()):
             alias = ref or PRODUCTION
             if alias not in aliases:
                 raise RegistryError(

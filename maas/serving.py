@@ -48,6 +48,7 @@ def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None = 
         "ort_threads": serve_cfg.ort_threads,
         "max_rows": serve_cfg.max_rows,
         "max_body_bytes": serve_cfg.max_body_bytes,
+        "body_timeout_s": serve_cfg.body_timeout_s,
         "max_batch_size": serve_cfg.batching.max_batch_size,
         "batch_wait_ms": serve_cfg.batching.wait_ms,
         "canary_weight": serve_cfg.canary_weight,

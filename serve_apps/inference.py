@@ -43,7 +43,8 @@ from maas.oip import (ErrorBody, InferenceRequest, InferenceResponse, InferError
 from maas.registry import CANARY, PRODUCTION, RegistryError, VersionInfo
 from serve_apps.args import ReplicaArgs
 from serve_apps.gate import ANONYMOUS, AccessGate, Admission, Refusal
-from serve_apps.http import make_api, read_json_body, validation_message
+from serve_apps.http import (document_models, json_body, make_api, read_json_body,
+                              validation_message)
 
 log = logging.getLogger("ray.serve")
 EXPLICIT_VERSIONS_KEPT = 4  # explicitly requested versions held in memory besides the aliases
@@ -61,6 +62,7 @@ class InferenceArgs(ReplicaArgs):
     ort_threads: int = Field(1, ge=1)
     max_rows: int = Field(1024, ge=1)
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0)
     max_batch_size: int = Field(16, ge=1)
     batch_wait_ms: float = Field(0.0, ge=0)
     canary_weight: float = Field(0.0, ge=0.0, le=1.0)
@@ -84,11 +86,10 @@ class Loaded:
 
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 415, 429)}
-# The body is read and validated by hand (size limit, one JSON parse); this documents it.
-INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferenceRequest.model_json_schema(
-        ref_template="#/components/schemas/{model}")}}}}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 408, 411, 413, 415, 429)}
+# The infer body is read and validated by hand (size limit, one JSON parse); documented here.
+INFER_BODY = json_body(InferenceRequest)
+document_models(api, InferenceRequest)
 
 
 def _json(model: BaseModel) -> Response:
@@ -232,7 +233,8 @@ class ModelServer:
 
     def _by_number(self, version: str) -> Loaded:
         """The loaded ``version`` (a path segment); 404 for one that is not registered."""
-        if not version.isdigit() or int(version) < 1:
+        # ASCII digits only: isdigit() also admits '³', which int() cannot read
+        if not (version.isascii() and version.isdecimal()) or int(version) < 1:
             raise InferError(404, f"model {self.args.name!r} has no version {version!r}; "
                                   f"versions: {self._versions}")
         number = int(version)
@@ -294,7 +296,9 @@ class ModelServer:
         started = time.perf_counter()
         if self._metrics_flusher is None:
             self._metrics_flusher = asyncio.create_task(self._metrics.flush_forever())
-        served, status, rows = version or "-", 500, 0
+        # Tagged only with a version that exists: a path segment is the client's text, and
+        # as a metric tag or usage row it would add a series per typo (or fail to encode).
+        served, status, rows = "-", 500, 0
         admission = Admission(ANONYMOUS, ANONYMOUS, False)
         try:
             if self.gate is not None:
@@ -327,7 +331,7 @@ class ModelServer:
     # ---- inference ----------------------------------------------------------------------
 
     async def _request_body(self, request: Request) -> InferenceRequest:
-        raw = await read_json_body(request, self.args.max_body_bytes)
+        raw = await read_json_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
         try:
             return InferenceRequest.model_validate_json(raw)
         except ValidationError as exc:

@@ -7,6 +7,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+MB = 2**20
+
+
+def serve_rss_mb(app: str) -> dict[str, int]:
+    """Resident MB of Serve's proxy and of ``app``'s replica(s), summed by kind."""
+    import psutil
+
+    seen = {"ProxyActor": 0, "ServeReplica": 0}
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        # A Ray worker's title names the method it is running (ProxyActor.receive_asgi_messages)
+        title = (proc.info["cmdline"] or [""])[0]
+        kind = title.removeprefix("ray::").split(".")[0].split(":")[0]
+        if kind == "ProxyActor" or title.startswith(f"ray::ServeReplica:{app}:"):
+            seen[kind] += proc.info["memory_info"].rss // MB
+    return seen
+
+
+def rss_growth(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """MB each kind of process grew between two ``serve_rss_mb`` readings."""
+    return {kind: after[kind] - mb for kind, mb in before.items()}
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from maas.config import parse_config
 from maas.data import load_splits
 from maas.models import evaluate
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.reliability
+COMMAND = "make test-reliability"
 REPO = Path(__file__).resolve().parents[2]
 MLP = {"name": "digits", "train": {"workers": 2, "epochs": 14, "batch_size": 32, "lr": 0.002,
                                    "checkpoint_every": 1, "max_failures": 2}}
@@ -42,6 +43,15 @@ def _wait_for_checkpoint(run_dir: Path, epoch: int, timeout_s: float,
         time.sleep(0.2)
 
 
+def _resumed_after(run_dir: Path, epoch: int, timeout_s: float) -> float:
+    """Seconds until a checkpoint newer than ``epoch`` is on disk: training goes on again."""
+    started = time.monotonic()
+    while _latest_checkpoint_epoch(run_dir) <= epoch:
+        assert time.monotonic() - started < timeout_s, f"no new checkpoint in {timeout_s}s"
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
 def _train_worker_pids() -> list[int]:
     from ray.util.state import list_actors
 
@@ -49,7 +59,7 @@ def _train_worker_pids() -> list[int]:
     return [a.pid for a in actors]
 
 
-def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(serve_port, tmp_path):
+def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(serve_port, tmp_path, figures):
     cfg = parse_config({"state_dir": str(tmp_path), "models": [MLP]})
     model_cfg = cfg.models[0]
     splits = load_splits(model_cfg.data)
@@ -63,17 +73,25 @@ def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(serve_port, tmp
 
     pids = _train_worker_pids()
     assert len(pids) == 2
+    at_kill = _latest_checkpoint_epoch(tmp_path / "train" / "kill-worker")
     os.kill(pids[1], signal.SIGKILL)
+    recovery = _resumed_after(tmp_path / "train" / "kill-worker", at_kill, 300)
     runner.join(timeout=300)
     assert not runner.is_alive()
 
     result = outcome["result"]
+    figures.append({"test": "kill a training worker", "fault": "SIGKILL 1 of 2 Ray Train "
+                                                               "workers mid-epoch",
+                    "load": f"{model_cfg.train.epochs} epochs; checkpoint {at_kill} on disk at "
+                            f"the kill, resumed from {result.metrics['restored_from_epoch']}",
+                    "sent": model_cfg.train.epochs, "failed": 0, "retries": 1,
+                    "recovery_s": recovery, "command": COMMAND})
     assert result.metrics["epoch"] == model_cfg.train.epochs - 1
     assert result.metrics["restored_from_epoch"] >= 1  # resumed, not restarted from scratch
     assert evaluate(result.model, splits.x_test, splits.y_test, "classification")["accuracy"] >= 0.95
 
 
-def test_killed_driver_resumes_by_run_name(serve_port, tmp_path):
+def test_killed_driver_resumes_by_run_name(serve_port, tmp_path, figures):
     import ray
     from mlflow.tracking import MlflowClient
     from ray import serve
@@ -100,7 +118,15 @@ def test_killed_driver_resumes_by_run_name(serve_port, tmp_path):
     assert interrupted_at < MLP["train"]["epochs"] - 1, log_path.read_text()[-3000:]
 
     cfg = parse_config(doc)
+    resubmitted = time.monotonic()
     (report,) = run_pipeline(cfg, run_name="nightly")
+    figures.append({"test": "kill the training driver", "fault": "SIGKILL the pipeline driver "
+                                                                 "mid-training; run it again",
+                    "load": f"{MLP['train']['epochs']} epochs; checkpoint {interrupted_at} on "
+                            f"disk at the kill",
+                    "sent": MLP["train"]["epochs"], "failed": 0, "retries": 1,
+                    "recovery_s": time.monotonic() - resubmitted,
+                    "command": COMMAND})
     try:
         assert report.run_name == "digits-nightly"
         assert report.held_out_accuracy >= 0.95

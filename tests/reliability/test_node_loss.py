@@ -1,0 +1,198 @@
+"""Node loss: a second Ray node on this machine joins the session's cluster (``ray start
+--address``, as a worker machine would), takes one serve replica or one Ray Train worker, and
+is killed with all its processes, as a lost machine ends them. Serving goes on from the head
+and training resumes from its checkpoint there. Each case starts its own worker node (under a
+minute each here, so they run in ``make test``)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from maas.config import ModelConfig, parse_config
+from maas.serving import deploy_model, model_app_name, wait_for_version
+from tests.conftest import register_versions
+from tests.reliability.traffic import Load
+
+pytestmark = pytest.mark.reliability
+NAME = "spread"
+APP = model_app_name(NAME)
+COMMAND = "make test-reliability"
+
+
+class WorkerNode:
+    """``ray start --block`` joined to the session's cluster with 1 CPU, in its own session."""
+
+    def __init__(self, tmp: Path):
+        import ray
+
+        self.nodes_before = {n["NodeID"] for n in ray.nodes()}
+        ray_cli = Path(sys.executable).with_name("ray")
+        self.log = tmp / "worker-node.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [str(ray_cli), "start", "--block", "--disable-usage-stats",
+                 "--address", ray.get_runtime_context().gcs_address, "--num-cpus", "1",
+                 "--object-store-memory", str(200 * 2**20)],
+                env=os.environ | {"RAY_AUTH_MODE": "token"}, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        self.node_id = self._wait_joined(60)
+
+    def _wait_joined(self, timeout_s: float) -> str:
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            new = [n["NodeID"] for n in ray.nodes()
+                   if n["Alive"] and n["NodeID"] not in self.nodes_before]
+            if new:
+                return new[0]
+            time.sleep(0.5)
+        raise AssertionError(f"worker node not joined in {timeout_s}s: "
+                             f"{self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the raylet and every process of the node at once: a machine lost."""
+        try:
+            procs = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            procs = []
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def dead_after(self, timeout_s: float) -> float:
+        """Seconds until the cluster reports the node dead."""
+        import ray
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == self.node_id):
+                return time.monotonic() - started
+            time.sleep(0.5)
+        return float("inf")
+
+
+@pytest.fixture
+def worker_node(serve_port, tmp_path):
+    # `ray start` records the cluster it joined as this machine's current one, which Ray's
+    # address="auto" would try after the session ends: put back what was there.
+    recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    before = recorded.read_bytes() if recorded.exists() else None
+    node = WorkerNode(tmp_path)
+    yield node
+    node.kill()
+    if before is None:
+        recorded.unlink(missing_ok=True)
+    else:
+        recorded.write_bytes(before)
+
+
+def _replica_nodes() -> dict[int, str]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{APP}:{APP}"),
+                                  ("state", "=", "ALIVE")])
+    return {a.pid: a.node_id for a in actors}
+
+
+def test_serving_goes_on_when_a_node_is_lost(worker_node, deploy_cfg, tmp_path, figures):
+    from ray import serve
+
+    _, splits = register_versions(deploy_cfg, NAME, [0], tmp_path)
+    # Serve spreads replicas over nodes: one lands on the worker node.
+    model = ModelConfig(name=NAME, serve={"num_replicas": 2, "cpus_per_replica": 0.2})
+    url = deploy_model(deploy_cfg, model)
+    try:
+        wait_for_version(deploy_cfg, model, 1)
+        placed = _replica_nodes()
+        assert worker_node.node_id in placed.values(), placed
+        x = splits.x_test[:4]
+        body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                            "data": x.tolist()}]}
+        with Load(url, body) as load:
+            load.until(300)
+            killed = time.monotonic()
+            worker_node.kill()
+            detected = worker_node.dead_after(120)
+            recovery = float("inf")
+            while time.monotonic() - killed < 180:
+                now = _replica_nodes()
+                if len(now) == 2 and worker_node.node_id not in now.values():
+                    recovery = time.monotonic() - killed
+                    break
+                time.sleep(0.5)
+            load.until(load.sent + 1000)
+    finally:
+        serve.delete(APP)
+        serve.delete("maas")
+    figures.append(load.row("lose a worker node while serving",
+                            "SIGKILL every process of the node holding 1 of 2 replicas", recovery,
+                            f"; node declared dead after {detected:.0f} s"))
+    assert recovery <= 120, load.outcomes
+    assert load.failed / load.sent <= 0.05, load.outcomes
+
+
+def test_training_resumes_on_the_head_when_a_node_is_lost(worker_node, tmp_path, figures):
+    from jobs.train import run_training
+    from maas.data import load_splits
+    from maas.models import evaluate
+    from ray.util.state import list_actors
+
+    cfg = parse_config({"state_dir": str(tmp_path), "models": [{
+        "name": "digits", "train": {"workers": 2, "epochs": 14, "batch_size": 32, "lr": 0.002,
+                                    "checkpoint_every": 1, "max_failures": 2,
+                                    "placement_strategy": "SPREAD"}}]})
+    model_cfg = cfg.models[0]
+    splits = load_splits(model_cfg.data)
+    run_dir = tmp_path / "train" / "lose-node"
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_training(
+        model_cfg, splits, tmp_path / "train", "lose-node", [])))
+    runner.start()
+
+    def latest() -> int:
+        return max((json.loads(m.read_text())["epoch"]
+                    for m in run_dir.glob("checkpoint_*/metrics.json")), default=-1)
+
+    deadline = time.monotonic() + 180
+    while latest() < 3:
+        assert runner.is_alive() and time.monotonic() < deadline, "no checkpoint of epoch 3"
+        time.sleep(0.2)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                   ("state", "=", "ALIVE")])
+    assert worker_node.node_id in {w.node_id for w in workers}, workers  # SPREAD placed one
+    at_kill = latest()
+    killed = time.monotonic()
+    worker_node.kill()
+    while latest() <= at_kill:
+        assert runner.is_alive() and time.monotonic() - killed < 300, "training did not resume"
+        time.sleep(0.2)
+    recovery = time.monotonic() - killed
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+
+    result = outcome["result"]
+    figures.append({"test": "lose a worker node while training",
+                    "fault": "SIGKILL every process of the node holding 1 of 2 Train workers",
+                    "load": f"{model_cfg.train.epochs} epochs, SPREAD; checkpoint {at_kill} on "
+                            f"disk at the loss, resumed from "
+                            f"{result.metrics['restored_from_epoch']}",
+                    "sent": model_cfg.train.epochs, "failed": 0, "retries": 1,
+                    "recovery_s": recovery, "command": COMMAND})
+    assert result.metrics["epoch"] == model_cfg.train.epochs - 1
+    assert result.metrics["restored_from_epoch"] >= 1
+    accuracy = evaluate(result.model, splits.x_test, splits.y_test, "classification")["accuracy"]
+    assert accuracy >= 0.95

@@ -1,0 +1,77 @@
+"""Steady client load for the fault tests, counting what the clients saw."""
+
+import threading
+import time
+from collections import Counter
+
+import requests
+
+
+class Load:
+    """``clients`` threads posting one request after another until stopped; each outcome is
+    counted (HTTP status, or the exception's name).
+
+    A connection that fails is retried (every 0.2 s, for up to RETRY_S): what a sensible
+    client does, and safe here, since an inference changes nothing. Retries are counted
+    apart; a request is *failed* when it got no 200 in the end."""
+
+    RETRY_S = 60.0  # more than the proxy restart takes here (24-30 s)
+
+    def __init__(self, url: str, body: dict, clients: int = 8):
+        self.url, self.body = url, body
+        self.outcomes: Counter = Counter()
+        self.retries = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                self.outcomes[self._send(session)] += 1
+
+    def _send(self, session: requests.Session) -> int | str:
+        give_up = time.monotonic() + self.RETRY_S
+        while True:
+            try:
+                return session.post(self.url, json=self.body, timeout=30).status_code
+            except requests.ConnectionError as exc:
+                if time.monotonic() > give_up or self._stop.is_set():
+                    return type(exc).__name__
+                self.retries += 1
+                time.sleep(0.2)
+            except requests.RequestException as exc:
+                return type(exc).__name__
+
+    @property
+    def sent(self) -> int:
+        return sum(self.outcomes.values())
+
+    def summary(self) -> dict:
+        """What the clients got, by HTTP status or exception name."""
+        return dict(sorted(self.outcomes.items(), key=str))
+
+    def row(self, test: str, fault: str, recovery_s: float, note: str = "") -> dict:
+        """This load's figures as a RELIABILITY.md row."""
+        return {"test": test, "fault": fault,
+                "load": f"{len(self._threads)} clients{note}; answers {self.summary()}",
+                "sent": self.sent, "failed": self.failed, "retries": self.retries,
+                "recovery_s": recovery_s, "command": "make test-reliability"}
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.outcomes[200]
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def until(self, sent: int, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.sent < sent and time.monotonic() < deadline:
+            time.sleep(0.1)
