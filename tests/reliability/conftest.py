@@ -41,7 +41,7 @@ def figures():
 
         lines = ["Written by `make reliability-report` (tests/reliability) on this machine: "
                  "2 CPUs, one local Ray cluster, Serve's python proxy.", "",
-                 "| test | fault | load | requests sent | failed | connection retries | "
+                 "| test | fault | load | requests sent | failed | retries | "
                  "recovery s | command |", "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['test']} | {r['fault']} | {r['load']} | {r['sent']} | "

@@ -11,16 +11,19 @@ class Load:
     """``clients`` threads posting one request after another until stopped; each outcome is
     counted (HTTP status, or the exception's name).
 
-    A connection that fails is retried (every 0.2 s, for up to RETRY_S): what a sensible
-    client does, and safe here, since an inference changes nothing. Retries are counted
-    apart; a request is *failed* when it got no 200 in the end."""
+    Retried, as a sensible client does and as is safe here (an inference changes nothing):
+    a connection that fails, every 0.2 s for up to RETRY_S; a 5xx answer (Serve's own 500 when
+    the replica died holding the request), up to RETRY_5XX times. Retries are counted apart,
+    the 5xx ones by status; a request is *failed* when it got no 200 in the end."""
 
     RETRY_S = 60.0  # more than the proxy restart takes here (24-30 s)
+    RETRY_5XX = 2
 
     def __init__(self, url: str, body: dict, clients: int = 8):
         self.url, self.body = url, body
         self.outcomes: Counter = Counter()
         self.retries = 0
+        self.retried: Counter = Counter()  # 5xx answers that were retried, by status
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
 
@@ -31,9 +34,16 @@ class Load:
 
     def _send(self, session: requests.Session) -> int | str:
         give_up = time.monotonic() + self.RETRY_S
+        answers_left = self.RETRY_5XX
         while True:
             try:
-                return session.post(self.url, json=self.body, timeout=30).status_code
+                status = session.post(self.url, json=self.body, timeout=30).status_code
+                if status < 500 or answers_left == 0 or self._stop.is_set():
+                    return status
+                answers_left -= 1
+                self.retried[status] += 1
+                self.retries += 1
+                time.sleep(0.2)
             except requests.ConnectionError as exc:
                 if time.monotonic() > give_up or self._stop.is_set():
                     return type(exc).__name__
@@ -47,8 +57,10 @@ class Load:
         return sum(self.outcomes.values())
 
     def summary(self) -> dict:
-        """What the clients got, by HTTP status or exception name."""
-        return dict(sorted(self.outcomes.items(), key=str))
+        """What the clients got in the end, by HTTP status or exception name, and the 5xx
+        answers they retried."""
+        final = dict(sorted(self.outcomes.items(), key=str))
+        return final | {"retried": dict(self.retried)} if self.retried else final
 
     def row(self, test: str, fault: str, recovery_s: float, note: str = "") -> dict:
         """This load's figures as a RELIABILITY.md row."""
