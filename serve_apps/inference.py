@@ -86,7 +86,8 @@ class Loaded:
 
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 408, 411, 413, 415, 429)}
+ERRORS = {status: {"model": ErrorBody}
+          for status in (400, 401, 403, 404, 408, 411, 413, 415, 429, 503)}
 # The infer body is read and validated by hand (size limit, one JSON parse); documented here.
 INFER_BODY = json_body(InferenceRequest)
 document_models(api, InferenceRequest)
