@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/access_bench.py
 	$(BIN)/python bench/train_bench.py
+	$(BIN)/python bench/text_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache bench/out
