@@ -86,6 +86,12 @@ class ModelSummary(BaseModel):
     updated_at: str
 
 
+def is_version_number(text: str) -> bool:
+    """Whether ``text`` names a version by number: ASCII digits only (``str.isdigit()`` also
+    admits '³', which ``int()`` cannot read)."""
+    return text.isascii() and text.isdecimal()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -302,7 +308,7 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         aliases = self._aliases(name)
-        if ref is None or isinstance(ref, str) and not (ref.isascii() and ref.isdecimal()):
+        if ref is None or isinstance(ref, str) and not is_version_number(ref):
             alias = ref or PRODUCTION
             if alias not in aliases:
                 raise RegistryError(

@@ -40,7 +40,8 @@ from maas.config import AgreementConfig
 from maas.export import ort_session
 from maas.oip import (ErrorBody, InferenceRequest, InferenceResponse, InferError, ModelMetadata,
                       TensorSpec, decode_input, encode_output)
-from maas.registry import CANARY, PRODUCTION, RegistryError, VersionInfo
+from maas.registry import (CANARY, PRODUCTION, RegistryError, VersionInfo,
+                           is_version_number)
 from serve_apps.args import ReplicaArgs
 from serve_apps.gate import ANONYMOUS, AccessGate, Admission, Refusal
 from serve_apps.http import (document_models, json_body, make_api, read_json_body,
@@ -234,8 +235,7 @@ class ModelServer:
 
     def _by_number(self, version: str) -> Loaded:
         """The loaded ``version`` (a path segment); 404 for one that is not registered."""
-        # ASCII digits only: isdigit() also admits '³', which int() cannot read
-        if not (version.isascii() and version.isdecimal()) or int(version) < 1:
+        if not is_version_number(version) or int(version) < 1:
             raise InferError(404, f"model {self.args.name!r} has no version {version!r}; "
                                   f"versions: {self._versions}")
         number = int(version)

@@ -4,27 +4,26 @@ is killed with all its processes, as a lost machine ends them. Serving goes on f
 and training resumes from its checkpoint there. Each case starts its own worker node (under a
 minute each here, so they run in ``make test``)."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from maas.config import ModelConfig, parse_config
+from maas.config import ModelConfig
 from maas.serving import deploy_model, model_app_name, wait_for_version
 from tests.conftest import register_versions
 from tests.reliability.traffic import Load
+from tests.reliability.training import (assert_resumed_and_met_the_bar, train_through,
+                                        train_workers)
 
 pytestmark = pytest.mark.reliability
 NAME = "spread"
 APP = model_app_name(NAME)
-COMMAND = "make test-reliability"
 
 
 class WorkerNode:
@@ -146,53 +145,13 @@ def test_serving_goes_on_when_a_node_is_lost(worker_node, deploy_cfg, tmp_path, 
 
 
 def test_training_resumes_on_the_head_when_a_node_is_lost(worker_node, tmp_path, figures):
-    from jobs.train import run_training
-    from maas.data import load_splits
-    from maas.models import evaluate
-    from ray.util.state import list_actors
+    def lose_the_node() -> None:
+        placed = {worker.node_id for worker in train_workers()}
+        assert worker_node.node_id in placed, placed  # SPREAD put a worker there
+        worker_node.kill()
 
-    cfg = parse_config({"state_dir": str(tmp_path), "models": [{
-        "name": "digits", "train": {"workers": 2, "epochs": 14, "batch_size": 32, "lr": 0.002,
-                                    "checkpoint_every": 1, "max_failures": 2,
-                                    "placement_strategy": "SPREAD"}}]})
-    model_cfg = cfg.models[0]
-    splits = load_splits(model_cfg.data)
-    run_dir = tmp_path / "train" / "lose-node"
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=run_training(
-        model_cfg, splits, tmp_path / "train", "lose-node", [])))
-    runner.start()
-
-    def latest() -> int:
-        return max((json.loads(m.read_text())["epoch"]
-                    for m in run_dir.glob("checkpoint_*/metrics.json")), default=-1)
-
-    deadline = time.monotonic() + 180
-    while latest() < 3:
-        assert runner.is_alive() and time.monotonic() < deadline, "no checkpoint of epoch 3"
-        time.sleep(0.2)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                   ("state", "=", "ALIVE")])
-    assert worker_node.node_id in {w.node_id for w in workers}, workers  # SPREAD placed one
-    at_kill = latest()
-    killed = time.monotonic()
-    worker_node.kill()
-    while latest() <= at_kill:
-        assert runner.is_alive() and time.monotonic() - killed < 300, "training did not resume"
-        time.sleep(0.2)
-    recovery = time.monotonic() - killed
-    runner.join(timeout=300)
-    assert not runner.is_alive()
-
-    result = outcome["result"]
-    figures.append({"test": "lose a worker node while training",
-                    "fault": "SIGKILL every process of the node holding 1 of 2 Train workers",
-                    "load": f"{model_cfg.train.epochs} epochs, SPREAD; checkpoint {at_kill} on "
-                            f"disk at the loss, resumed from "
-                            f"{result.metrics['restored_from_epoch']}",
-                    "sent": model_cfg.train.epochs, "failed": 0, "retries": 1,
-                    "recovery_s": recovery, "command": COMMAND})
-    assert result.metrics["epoch"] == model_cfg.train.epochs - 1
-    assert result.metrics["restored_from_epoch"] >= 1
-    accuracy = evaluate(result.model, splits.x_test, splits.y_test, "classification")["accuracy"]
-    assert accuracy >= 0.95
+    run = train_through(tmp_path, "lose-node", lose_the_node, placement_strategy="SPREAD")
+    figures.append(run.row("lose a worker node while training",
+                           "SIGKILL every process of the node holding 1 of 2 Train workers",
+                           ", SPREAD"))
+    assert_resumed_and_met_the_bar(run)
