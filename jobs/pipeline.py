@@ -15,7 +15,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,7 +35,8 @@ from maas.models import evaluate
 from maas.optimize import BASELINE, VariantResult, build_variants, select
 from maas.registry import CANARY, Registry, RegistryError, VersionInfo, config_hash, gate
 from maas.oip import InferenceResponse
-from maas.serving import base_url, deploy_model, wait_for_version
+from maas.serving import EMBEDDINGS_ROUTE, base_url, deploy_model, wait_for_version
+from maas.text import KIND as TEXT_KIND, TEXT_INPUT
 from maas.tracking import Tracker
 
 STAGES = 4
@@ -56,11 +57,14 @@ class ModelReport:
     served_version: int | None  # the production version now served (None: nothing to serve)
     run_name: str
     held_out: dict[str, float]  # of the registered variant: held_out_accuracy or held_out_rmse
-    max_abs_diff: float
+    # (an embedder: min_cosine and mean_cosine with the pretrained model's own embeddings)
+    max_abs_diff: float | None  # torch vs ONNX Runtime (None: an embedder, compared by cosine)
     endpoint: str | None
     mlflow_run_id: str
-    example_row: list[float]
-    served_answer: Any  # the first value of the last output: the label for classifiers
+    example_row: list[float] | str  # an embedder's: a sentence
+    served_answer: Any  # the first value of the last output: the label for classifiers; an
+    # embedder's: the cosine of its served embedding with sentence-transformers'
+    kind: str = "onnx"  # or "text-embedding"
 
     @property
     def held_out_accuracy(self) -> float | None:
@@ -79,6 +83,12 @@ def _stage(console: Console, number: int, title: str) -> Iterator[None]:
 def _oip_body(row: list[float]) -> dict:
     return {"id": "smoke", "inputs": [{"name": "input", "shape": [1, len(row)],
                                        "datatype": "FP32", "data": row}]}
+
+
+def embedding_body(texts: list[str]) -> dict:
+    """An OIP request embedding ``texts`` (a BYTES tensor, one string per row)."""
+    return {"id": "smoke", "inputs": [{"name": TEXT_INPUT, "shape": [len(texts)],
+                                       "datatype": "BYTES", "data": texts}]}
 
 
 def _held_out(outcome_model: Any, splits: Splits) -> dict[str, float]:
@@ -213,9 +223,32 @@ def _ask_served_model(endpoint: str, row: list[float], truth: Any, console: Cons
     return answer.data[0]
 
 
+def serve_and_ask(cfg: DeployConfig, model_cfg: ModelConfig, registry: Registry,
+                  console: Console, asking: str, ask: Callable[[str, dict[str, str]], Any]
+                  ) -> tuple[VersionInfo | None, str | None, Any]:
+    """Stages 3 and 4: serve the production version, then ``ask(endpoint, headers)`` once
+    with a smoke key; (the production version, the endpoint, the answer)."""
+    name = model_cfg.name
+    production = registry.current(name)
+    if production is None:
+        console.print(f"[yellow]{name} has no production version: nothing to serve[/]")
+        return None, None, None
+    with _stage(console, 3, f"serve {name} version {production.version} on Ray Serve"):
+        endpoint = deploy_model(cfg, model_cfg)
+        wait_for_version(cfg, model_cfg, production.version)
+    with _stage(console, 4, f"{asking} {endpoint}"), _smoke_key(cfg, model_cfg) as headers:
+        answer = ask(endpoint, headers)
+    return production, endpoint, answer
+
+
 def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, registry: Registry,
               console: Console, run_suffix: str, base_dir: Path) -> ModelReport:
-    """Train, export, register, promote, serve and query one model."""
+    """Train (or, for a pretrained model, export), register, promote, serve and query one
+    model."""
+    if model_cfg.source == "pretrained":
+        from jobs.pretrained import run_pretrained
+
+        return run_pretrained(cfg, model_cfg, tracker, registry, console, run_suffix)
     from jobs.train import EpochProgress, run_training
 
     name = model_cfg.name
@@ -247,19 +280,11 @@ def run_model(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, regis
             promoted, promotion = _apply_promotion(model_cfg, info, registry, console)
             tracker.client.set_tag(run_id, "maas.registered_version", str(info.version))
 
-        production = registry.current(name)
-        endpoint = answer = None
         row = splits.x_test[0].tolist()
-        if production is None:
-            console.print(f"[yellow]{name} has no production version: nothing to serve[/]")
-        else:
-            with _stage(console, 3, f"serve {name} version {production.version} on Ray Serve"):
-                endpoint = deploy_model(cfg, model_cfg)
-                wait_for_version(cfg, model_cfg, production.version)
-            with _stage(console, 4, f"send one held-out row to {endpoint}"), \
-                    _smoke_key(cfg, model_cfg) as headers:
-                answer = _ask_served_model(endpoint, row, splits.y_test[0].tolist(), console,
-                                           headers)
+        production, endpoint, answer = serve_and_ask(
+            cfg, model_cfg, registry, console, "send one held-out row to",
+            lambda url, headers: _ask_served_model(url, row, splits.y_test[0].tolist(), console,
+                                                   headers))
         ok = True
         return ModelReport(
             name=name, version=info.version, variant=info.variant, promoted=promoted,
@@ -283,8 +308,13 @@ def _print_summary(cfg: DeployConfig, connection: Connection, reports: list[Mode
         console.print(f"  resume:     --run-name {report.run_name.removeprefix(report.name + '-')}")
         if report.endpoint is None:
             continue
-        body = json.dumps(_oip_body(report.example_row), separators=(",", ":"))
+        text = report.kind == TEXT_KIND
+        body = json.dumps(embedding_body([report.example_row]) if text
+                          else _oip_body(report.example_row), separators=(",", ":"))
         console.print(f"  endpoint:   {report.endpoint} (serving version {report.served_version})")
+        if text:
+            console.print(f"  OpenAI:     {base_url(cfg)}{EMBEDDINGS_ROUTE}/embeddings "
+                          f"(model {report.name!r})", highlight=False)
         console.print(f"  health:     {base_url(cfg)}/v2/health/ready")
         console.print("  try it:")
         auth = ""
@@ -296,6 +326,11 @@ def _print_summary(cfg: DeployConfig, connection: Connection, reports: list[Mode
         console.print(f"    curl -s -X POST {report.endpoint} {auth}"
                       f"-H 'Content-Type: application/json' -d '{body}'",
                       markup=False, highlight=False)
+        if text:
+            openai_body = json.dumps({"model": report.name, "input": [report.example_row]})
+            console.print(f"    curl -s -X POST {base_url(cfg)}{EMBEDDINGS_ROUTE}/embeddings "
+                          f"{auth}-H 'Content-Type: application/json' -d '{openai_body}'",
+                          markup=False, highlight=False)
     console.print(f"\nRay dashboard: {connection.dashboard_url or 'not running'}")
     if connection.mode == "embedded":
         console.print("[yellow]Ray ran embedded in this process: the endpoint stops when it "

@@ -28,6 +28,8 @@ class ModelCard(BaseModel):
     description: str
     tags: list[str]
     infer_url: str
+    kind: str | None  # "onnx" or "text-embedding"; None: no production version yet
+    embeddings_url: str | None  # the OpenAI-compatible route, for text-embedding models
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     versions: list[int]
@@ -62,6 +64,8 @@ def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | Non
     return ModelCard(
         name=entry.name, description=entry.description or (info.description if info else ""),
         tags=entry.tags, infer_url=f"/v2/models/{entry.name}/infer",
+        kind=info.kind if info else None,
+        embeddings_url="/v1/embeddings" if info and info.kind == "text-embedding" else None,
         inputs=info.inputs if info else [], outputs=info.outputs if info else [],
         versions=versions, aliases=aliases,
         production_version=info.version if info else None,

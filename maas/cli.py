@@ -231,7 +231,7 @@ def models_show(name: str, config: Path = ConfigOption, as_json: bool = JsonOpti
         table.add_column(column)
     for v in versions:
         score = ", ".join(f"{k.removeprefix('held_out_')} {x:.4f}" for k, x in v.metrics.items()
-                          if k in ("held_out_accuracy", "held_out_rmse"))
+                          if k in ("held_out_accuracy", "held_out_rmse", "min_cosine"))
         size = v.metrics.get("size_bytes")
         table.add_row(str(v.version), ", ".join(v.aliases), v.variant, score,
                       "-" if size is None else f"{size / 1000:.1f}", v.sha256[:12],

@@ -316,7 +316,7 @@ def quickstart(tenant: str = typer.Option("demo", "--tenant", "-t"),
     import requests
 
     from maas.access import onboard
-    from maas.serving import base_url, model_route
+    from maas.serving import EMBEDDINGS_ROUTE, base_url, embedding_models, model_route
 
     cfg = _config(config)
     if not cfg.access.enabled:
@@ -339,7 +339,8 @@ def quickstart(tenant: str = typer.Option("demo", "--tenant", "-t"),
             raise fail(f"{url}: {exc}; is the model served? `make demo` runs `maas run` first")
         if reply.status_code != 200:
             raise fail(f"{url} answered {reply.status_code}: {reply.text[:300]}")
-        answer = reply.json()["outputs"][-1]
+        outputs = reply.json()["outputs"]
+        answer = outputs[0] if model.source == "pretrained" else outputs[-1]  # embedding; label
         console.print(f"  {model.name}: {answer['name']} {answer['data'][:4]}", highlight=False)
     console.print(f"\nYour key (shown only now):\n  export MAAS_API_KEY={key}", markup=False,
                   highlight=False)
@@ -352,12 +353,24 @@ def quickstart(tenant: str = typer.Option("demo", "--tenant", "-t"),
                   markup=False, highlight=False)
     console.print(f"  curl -s {root}/v2/catalog -H \"Authorization: Bearer $MAAS_API_KEY\"",
                   markup=False, highlight=False)
+    for model in embedding_models(cfg):
+        data = json.dumps({"model": model.name, "input": [EXAMPLE_TEXT]})
+        console.print(f"  curl -s -X POST {root}{EMBEDDINGS_ROUTE}/embeddings "
+                      f"-H \"Authorization: Bearer $MAAS_API_KEY\" "
+                      f"-H 'Content-Type: application/json' -d {shlex.quote(data)}",
+                      markup=False, highlight=False)
+
+
+EXAMPLE_TEXT = "How do I reset my password?"
 
 
 def _example_body(model, base_dir: Path) -> dict:
-    """One held-out row of ``model``'s data as an OIP request."""
+    """One held-out row of ``model``'s data (a sentence, for an embedder) as an OIP request."""
     from maas.data import load_splits
 
+    if model.source == "pretrained":
+        return {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                            "data": [EXAMPLE_TEXT]}]}
     row = load_splits(model.data, model.train.task, base_dir).x_test[0].tolist()
     return {"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
                         "data": [round(v, 4) for v in row]}]}

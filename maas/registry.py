@@ -10,6 +10,9 @@ replica or an auditor needs without opening it:
     encrypted         "true" / "false"
     variant, opset, signature (inputs and outputs as JSON), data_fingerprint, config_hash,
     source_run, metric.<name> (held-out metrics of this variant)
+    kind              "onnx" (tensors in, tensors out) or "text-embedding" (maas.text)
+    assets            files served with the model (a tokenizer), each {sha256, artifact_sha256}
+                      as JSON; stored beside it, encrypted like it, verified like it
 
 Aliases: ``production`` is what the unversioned URL serves; ``canary`` is a candidate. The
 registered model's ``maas.production_history`` tag lists every version that held
@@ -43,7 +46,6 @@ ALIASES = (PRODUCTION, CANARY)
 HISTORY_TAG = "maas.production_history"
 ARTIFACT_DIR = "registered"
 MODEL_FILE = "model.onnx"
-SEALED_FILE = "model.onnx.enc"
 METRIC_PREFIX = "metric."
 
 
@@ -53,6 +55,13 @@ class RegistryError(Exception):
 
 class IntegrityError(RegistryError):
     """The stored bytes are not the bytes that were registered."""
+
+
+class AssetInfo(BaseModel):
+    """A file registered with a version (sha256 of its content, and of the stored file)."""
+
+    sha256: str
+    artifact_sha256: str
 
 
 class VersionInfo(BaseModel):
@@ -75,6 +84,8 @@ class VersionInfo(BaseModel):
     config_hash: str
     source_run: str | None
     source: str  # artifact folder URI
+    kind: str = "onnx"
+    assets: dict[str, AssetInfo] = {}
 
 
 class ModelSummary(BaseModel):
@@ -128,6 +139,11 @@ def _millis_iso(millis: int | None) -> str:
     return datetime.fromtimestamp(millis / 1000, timezone.utc).isoformat(timespec="seconds")
 
 
+def _sealed(filename: str) -> str:
+    """The stored name of an encrypted file (model.onnx -> model.onnx.enc)."""
+    return f"{filename}.enc"
+
+
 def _context(name: str, sha256: str) -> bytes:
     """AES-GCM associated data: an encrypted file opens only as this model's, this content."""
     return f"maas:{name}:{sha256}".encode()
@@ -143,6 +159,9 @@ def gate(promotion: PromotionConfig, candidate: VersionInfo,
          production: VersionInfo | None) -> GateDecision:
     """Whether ``candidate`` may replace ``production`` under ``promotion``'s thresholds."""
     metrics = candidate.metrics
+    if "min_cosine" in metrics:  # an embedder: registered only at pretrained.min_cosine or above
+        return GateDecision(True, f"min cosine {metrics['min_cosine']:.4f} with the pretrained "
+                                  f"model's own embeddings")
     if "held_out_accuracy" in metrics:
         accuracy = metrics["held_out_accuracy"]
         if promotion.min_accuracy is not None and accuracy < promotion.min_accuracy:
@@ -192,24 +211,41 @@ class Registry:
 
     def register(self, name: str, onnx_path: Path, *, run_id: str, metrics: dict[str, float],
                  variant: str, data_fingerprint: str, config_digest: str,
-                 description: str = "") -> VersionInfo:
-        """Store ``onnx_path`` with run ``run_id`` and add it as the next version of ``name``."""
+                 description: str = "", kind: str = "onnx",
+                 signature: tuple[list[TensorSpec], list[TensorSpec]] | None = None,
+                 assets: dict[str, bytes] | None = None) -> VersionInfo:
+        """Store ``onnx_path`` (and ``assets``, by file name) with run ``run_id`` and add it as
+        the next version of ``name``. ``signature`` (inputs, outputs) is what clients send
+        and get, when that is not the graph's own (a text model takes text, not token ids)."""
         plaintext = onnx_path.read_bytes()
         digest = sha256_bytes(plaintext)
         opset, inputs, outputs = onnx_signature(plaintext)
-        stored, filename = plaintext, MODEL_FILE
+        if signature is not None:
+            inputs, outputs = signature
         if self.encrypt:  # the key is checked before anything is written
-            stored = crypto.seal(plaintext, self._key(), _context(name, digest))
-            filename = SEALED_FILE
+            self._key()
+        assets = assets or {}
+        if any(f == MODEL_FILE or "/" in f or f.endswith(".enc") or not f for f in assets):
+            raise RegistryError(f"asset names must be plain file names other than {MODEL_FILE} "
+                                f"and not ending in .enc, got {sorted(assets)}")
+        files = {MODEL_FILE: plaintext} | assets
         artifact_path = f"{ARTIFACT_DIR}/{name}/{uuid.uuid4().hex[:16]}"
+        stored_hashes: dict[str, str] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / filename
-            local.write_bytes(stored)
-            self.client.log_artifact(run_id, str(local), artifact_path=artifact_path)
+            for filename, content in files.items():
+                stored = content
+                if self.encrypt:
+                    stored = crypto.seal(content, self._key(),
+                                         _context(name, sha256_bytes(content)))
+                    filename = _sealed(filename)
+                stored_hashes[filename] = sha256_bytes(stored)
+                (Path(tmp) / filename).write_bytes(stored)
+            self.client.log_artifacts(run_id, tmp, artifact_path=artifact_path)
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        stored_name = (lambda f: _sealed(f) if self.encrypt else f)
         tags = {
             "sha256": digest,
-            "artifact_sha256": sha256_bytes(stored),
+            "artifact_sha256": stored_hashes[stored_name(MODEL_FILE)],
             "encrypted": "true" if self.encrypt else "false",
             "variant": variant,
             "opset": str(opset),
@@ -218,7 +254,12 @@ class Registry:
             "data_fingerprint": data_fingerprint,
             "config_hash": config_digest,
             "source_run": run_id,
+            "kind": kind,
         } | {f"{METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
+        if assets:
+            tags["assets"] = json.dumps({
+                f: {"sha256": sha256_bytes(c), "artifact_sha256": stored_hashes[stored_name(f)]}
+                for f, c in assets.items()})
         self._ensure_model(name)
         created = self.client.create_model_version(name, source, run_id=run_id, tags=tags,
                                                    description=description)
@@ -239,8 +280,7 @@ class Registry:
         alias pointed at before (None if it was unset)."""
         if alias not in ALIASES:
             raise RegistryError(f"alias {alias!r} is not one maas serves; use one of {ALIASES}")
-        info = self.get(name, version)
-        self._verified_bytes(info, decrypt=info.encrypted and self._has_key())
+        self._verify_all(self.get(name, version))
         previous = self._aliases(name).get(alias)
         self.client.set_registered_model_alias(name, alias, str(version))
         if alias == PRODUCTION:
@@ -265,7 +305,7 @@ class Registry:
             raise RegistryError(f"model {name!r}: version {current} is the only version that "
                                 f"has been in production; there is nothing to roll back to")
         target = history[-1]
-        self._verified_bytes(self.get(name, target), decrypt=False)
+        self._verify_all(self.get(name, target))
         self.client.set_registered_model_alias(name, PRODUCTION, str(target))
         self._set_history(name, history)
         return current, target
@@ -374,7 +414,8 @@ class Registry:
                      if k.startswith(METRIC_PREFIX)},
             data_fingerprint=tags.get("data_fingerprint", ""),
             config_hash=tags.get("config_hash", ""), source_run=mv.run_id or None,
-            source=mv.source)
+            source=mv.source, kind=tags.get("kind", "onnx"),
+            assets={f: AssetInfo(**a) for f, a in json.loads(tags.get("assets", "{}")).items()})
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -382,13 +423,35 @@ class Registry:
         """The verified ONNX bytes of ``info``, decrypted in memory when stored encrypted."""
         return self._verified_bytes(info, decrypt=True)
 
-    def _verified_bytes(self, info: VersionInfo, decrypt: bool) -> bytes:
-        stored = self._fetch(info)
+    def load_asset(self, info: VersionInfo, filename: str) -> bytes:
+        """The verified bytes of the asset ``filename`` registered with ``info``."""
+        if filename not in info.assets:
+            raise RegistryError(f"model {info.name!r} version {info.version} has no asset "
+                                f"{filename!r}; its assets: {sorted(info.assets)}")
+        asset = info.assets[filename]
+        return self._verified_bytes(info, decrypt=True, filename=filename, sha256=asset.sha256,
+                                    artifact_sha256=asset.artifact_sha256)
+
+    def _verify_all(self, info: VersionInfo) -> None:
+        """Check the stored bytes of the model and of every asset (decrypting with the key
+        when there is one here): before an alias may point at the version."""
+        decrypt = info.encrypted and self._has_key()
+        self._verified_bytes(info, decrypt=decrypt)
+        for filename, asset in info.assets.items():
+            self._verified_bytes(info, decrypt=decrypt, filename=filename, sha256=asset.sha256,
+                                 artifact_sha256=asset.artifact_sha256)
+
+    def _verified_bytes(self, info: VersionInfo, decrypt: bool, filename: str = MODEL_FILE,
+                        sha256: str | None = None, artifact_sha256: str | None = None) -> bytes:
+        sha256 = sha256 or info.sha256
+        artifact_sha256 = artifact_sha256 or info.artifact_sha256
+        what = "artifact" if filename == MODEL_FILE else f"asset {filename}"
+        stored = self._fetch(info, _sealed(filename) if info.encrypted else filename)
         actual = sha256_bytes(stored)
-        if actual != info.artifact_sha256:
+        if actual != artifact_sha256:
             raise IntegrityError(
-                f"model {info.name!r} version {info.version}: the stored artifact has sha256 "
-                f"{actual}, but the registry recorded {info.artifact_sha256} when it was "
+                f"model {info.name!r} version {info.version}: the stored {what} has sha256 "
+                f"{actual}, but the registry recorded {artifact_sha256} when it was "
                 f"registered; it was changed since. Promote another version, or re-run the "
                 f"pipeline to register a fresh one")
         if not info.encrypted:
@@ -397,24 +460,22 @@ class Registry:
             return stored
         else:
             try:
-                plaintext = crypto.unseal(stored, self._key(),
-                                          _context(info.name, info.sha256))
+                plaintext = crypto.unseal(stored, self._key(), _context(info.name, sha256))
             except crypto.EncryptionError as exc:
                 raise RegistryError(f"model {info.name!r} version {info.version}: {exc} "
                                     f"(from {self.key_env}; the artifact itself is intact)"
                                     ) from None
         actual = sha256_bytes(plaintext)
-        if actual != info.sha256:
+        if actual != sha256:
             raise IntegrityError(
-                f"model {info.name!r} version {info.version}: the ONNX model has sha256 "
-                f"{actual}, but the registry recorded {info.sha256}; refusing to load it")
+                f"model {info.name!r} version {info.version}: the {what} has sha256 "
+                f"{actual}, but the registry recorded {sha256}; refusing to load it")
         return plaintext
 
-    def _fetch(self, info: VersionInfo) -> bytes:
+    def _fetch(self, info: VersionInfo, filename: str) -> bytes:
         import mlflow.artifacts
         from mlflow.exceptions import MlflowException
 
-        filename = SEALED_FILE if info.encrypted else MODEL_FILE
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = mlflow.artifacts.download_artifacts(

@@ -14,6 +14,8 @@ from maas.config import DeployConfig, ModelConfig
 
 SERVER_APP = "maas"
 SERVER_ROUTE = "/v2"
+EMBEDDINGS_APP = "maas-openai"  # POST /v1/embeddings, for the text-embedding models
+EMBEDDINGS_ROUTE = "/v1"
 MODEL_APP_PREFIX = "model-"  # serve_apps.server finds model apps by this prefix
 
 
@@ -86,6 +88,20 @@ def server_args(cfg: DeployConfig) -> dict[str, Any]:
     return {**_replica_args(cfg), "catalog": [e.model_dump() for e in entries(cfg)]}
 
 
+def embedding_models(cfg: DeployConfig) -> list[ModelConfig]:
+    """The models the OpenAI-compatible embeddings route serves (``source: pretrained``)."""
+    return [m for m in cfg.models if m.source == "pretrained"]
+
+
+def embeddings_args(cfg: DeployConfig) -> dict[str, Any]:
+    """The ``serve_apps.embeddings`` args: which models it routes to, and body limits."""
+    models = embedding_models(cfg)
+    return {**_replica_args(cfg),
+            "models": {m.name: m.serve.max_rows for m in models},
+            "max_body_bytes": max(m.serve.max_body_bytes for m in models),
+            "body_timeout_s": max(m.serve.body_timeout_s for m in models)}
+
+
 def serve_config(cfg: DeployConfig) -> dict[str, Any]:
     """A Serve config (``ServeDeploySchema``) with the server app and one app per model."""
     applications: list[dict[str, Any]] = [{
@@ -100,6 +116,13 @@ def serve_config(cfg: DeployConfig) -> dict[str, Any]:
             "route_prefix": model_route(model.name),
             "import_path": "serve_apps.inference:build_app",
             "args": inference_args(cfg, model),
+        })
+    if embedding_models(cfg):
+        applications.append({
+            "name": EMBEDDINGS_APP,
+            "route_prefix": EMBEDDINGS_ROUTE,
+            "import_path": "serve_apps.embeddings:build_app",
+            "args": embeddings_args(cfg),
         })
     # No http_options: the proxy's bind address belongs to the cluster (`maas up` on a laptop,
     # KubeRay in a pod), and Serve ignores new ones once it is running anyway.
@@ -126,7 +149,7 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
     themselves."""
     from ray import serve
 
-    from serve_apps import inference, server
+    from serve_apps import embeddings, inference, server
 
     # No-op when Serve already runs (e.g. started by `maas up`) with these options.
     serve.start(proxy_location="HeadOnly",
@@ -140,6 +163,11 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
     if not _serving(f"{root}{model_route(model.name)}/ready", "settings", args.digest()):
         serve.run(inference.build_app(args.model_dump()), name=model_app_name(model.name),
                   route_prefix=model_route(model.name))
+    if model.source == "pretrained":
+        routes = embeddings.EmbeddingsArgs.model_validate(embeddings_args(cfg))
+        if not _serving(f"{root}{EMBEDDINGS_ROUTE}/health", "settings", routes.digest()):
+            serve.run(embeddings.build_app(routes.model_dump()), name=EMBEDDINGS_APP,
+                      route_prefix=EMBEDDINGS_ROUTE)
     return f"{root}{model_route(model.name)}/infer"
 
 

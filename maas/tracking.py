@@ -103,12 +103,16 @@ class Tracker:
             path = Path(tmp) / "variants.json"
             path.write_text(json.dumps({"selected": chosen, "variants": rows}, indent=2))
             self.client.log_artifact(run_id, str(path))
-        for row in rows:
-            self.log_metrics(run_id, {
-                f"variant.{row['name']}.accuracy": row["accuracy"],
-                f"variant.{row['name']}.size_bytes": row["size_bytes"],
-                f"variant.{row['name']}.p50_ms_b1": row["p50_ms"][1],
-                f"variant.{row['name']}.p50_ms_b64": row["p50_ms"][64]})
+        for row in rows:  # every number of a row, and every entry of a dict of numbers
+            metrics = {}
+            for key, value in row.items():
+                if isinstance(value, dict):
+                    metrics |= {f"{key}_b{k}": v for k, v in value.items()
+                                if isinstance(v, (int, float))}
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metrics[key] = value
+            self.log_metrics(run_id, {f"variant.{row['name']}.{k}": float(v)
+                                      for k, v in metrics.items()})
         self.client.set_tag(run_id, "maas.variant", chosen)
 
     def finish(self, run_id: str, ok: bool) -> None:

@@ -16,6 +16,10 @@ few at a time). Concurrent requests to one version are batched into one ONNX Run
 With ``access`` set, metadata and infer need an API key (serve_apps.gate): 401, 403 or 429
 before the body is read; every infer request is metered per tenant, and its payload logged
 only where the model's agreement and the tenant allow it. ``ready`` stays open (health).
+
+A text-embedding version (maas.text) takes a BYTES input of strings: the replica tokenizes
+each batch together, padded to its longest text. ``/v1/embeddings`` (serve_apps.embeddings)
+reaches the same replicas through :meth:`ModelServer.call`, with the same checks and metering.
 """
 
 # No `from __future__ import annotations` in serve apps: FastAPI reads the real annotation
@@ -27,7 +31,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable, Mapping
 
 import numpy as np
 from fastapi import Request
@@ -36,6 +40,7 @@ from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
+from maas import text
 from maas.config import AgreementConfig
 from maas.export import ort_session
 from maas.oip import (ErrorBody, InferenceRequest, InferenceResponse, InferError, ModelMetadata,
@@ -74,16 +79,37 @@ class InferenceArgs(ReplicaArgs):
 
 @dataclass(frozen=True)
 class Loaded:
-    """One verified version with its ONNX Runtime session."""
+    """One verified version with its ONNX Runtime session (and tokenizer, for text)."""
 
     info: VersionInfo
     session: Any
     input_specs: dict[str, TensorSpec]
     output_names: list[str]
+    encoder: text.TextEncoder | None = None
 
     def metadata(self, versions: list[str]) -> ModelMetadata:
         return ModelMetadata(name=self.info.name, versions=versions, platform="onnxruntime_onnx",
                              inputs=self.info.inputs, outputs=self.info.outputs)
+
+    def run(self, wanted: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The ``wanted`` outputs for ``feeds`` (blocking: call it off the event loop). A
+        text model tokenizes here, padding to the longest text of these rows."""
+        if self.encoder is None:
+            return self.session.run(wanted, feeds)
+        texts = feeds[text.TEXT_INPUT].reshape(-1).tolist()
+        embeddings, tokens = text.embed(self.session, self.encoder, texts)
+        produced = {text.OUTPUT_NAME: embeddings, text.TOKENS_OUTPUT: tokens}
+        return [produced[name] for name in wanted]
+
+
+@dataclass(frozen=True)
+class CallFailure:
+    """An infer call over a DeploymentHandle that was refused: what the HTTP answer would
+    have been (the caller renders it in its own protocol)."""
+
+    status: int
+    message: str
+    headers: dict[str, str] | None
 
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
@@ -192,11 +218,18 @@ class ModelServer:
     def _load(self, version: int) -> Loaded:
         """Fetch, verify and open ``version`` (RegistryError when it cannot be used)."""
         info = self.registry.get(self.args.name, version)
+        encoder = None
+        if info.kind == text.KIND:
+            encoder = text.TextEncoder(
+                self.registry.load_asset(info, text.TOKENIZER_FILE).decode())
+        elif info.kind != "onnx":
+            raise RegistryError(f"model {info.name!r} version {info.version} is of kind "
+                                f"{info.kind!r}, which this maas release cannot serve; upgrade")
         session = ort_session(self.registry.load(info), threads=self.args.ort_threads)
-        log.info("loaded model %s version %s (%s, sha256 %s)", info.name, info.version,
-                 info.variant, info.sha256)
+        log.info("loaded model %s version %s (%s, %s, sha256 %s)", info.name, info.version,
+                 info.kind, info.variant, info.sha256)
         return Loaded(info, session, {s.name: s for s in info.inputs},
-                      [s.name for s in info.outputs])
+                      [s.name for s in info.outputs], encoder)
 
     def _cached(self, version: int) -> Loaded | None:
         for loaded in self._live.values():
@@ -285,15 +318,33 @@ class ModelServer:
     @api.post("/infer", response_model=InferenceResponse, responses=ERRORS,
               openapi_extra=INFER_BODY)
     async def infer(self, request: Request) -> Response:
-        return await self._measured(request, None)
+        return _json(await self._measured(request.headers, None,
+                                          lambda: self._request_body(request)))
 
     @api.post("/versions/{version}/infer", response_model=InferenceResponse, responses=ERRORS,
               openapi_extra=INFER_BODY)
     async def infer_version(self, version: str, request: Request) -> Response:
-        return await self._measured(request, version)
+        return _json(await self._measured(request.headers, version,
+                                          lambda: self._request_body(request)))
 
-    async def _measured(self, request: Request, version: str | None) -> Response:
-        """Answer one infer request and count it, by version and status, with its latency."""
+    async def call(self, headers: dict[str, str], body: InferenceRequest,
+                   version: str | None = None) -> InferenceResponse | CallFailure:
+        """An infer request from another app over a DeploymentHandle (the OpenAI-compatible
+        embeddings route): the same checks, metering and payload terms as over HTTP, with
+        ``headers`` (lower-case names) standing for the HTTP request's."""
+        async def given() -> InferenceRequest:
+            return body
+
+        try:
+            return await self._measured(headers, version, given)
+        except InferError as exc:
+            return CallFailure(exc.status, exc.message, exc.headers)
+
+    async def _measured(self, headers: Mapping[str, str], version: str | None,
+                        read_body: Callable[[], Awaitable[InferenceRequest]]
+                        ) -> InferenceResponse:
+        """Answer one infer request and count it, by version and status, with its latency.
+        The body is read only once the request's key is admitted."""
         started = time.perf_counter()
         if self._metrics_flusher is None:
             self._metrics_flusher = asyncio.create_task(self._metrics.flush_forever())
@@ -303,8 +354,8 @@ class ModelServer:
         admission = Admission(ANONYMOUS, ANONYMOUS, False)
         try:
             if self.gate is not None:
-                admission = await self.gate.admit(request.headers)
-            body = await self._request_body(request)
+                admission = await self.gate.admit(headers)
+            body = await read_body()
             if version is None:
                 loaded = self._pick()
             else:
@@ -316,7 +367,7 @@ class ModelServer:
             if admission.log_payloads:
                 self.gate.log_payload(admission, served, body.id,
                                       [t.model_dump() for t in body.inputs])
-            return _json(response)
+            return response
         except InferError as exc:
             status = exc.status
             if isinstance(exc, Refusal):  # an access refusal knows whose key it was
@@ -348,7 +399,7 @@ class ModelServer:
         if self.args.max_batch_size > 1:
             results = await self._batched((loaded, tuple(wanted), feeds))
         else:
-            results = await asyncio.to_thread(loaded.session.run, wanted, feeds)
+            results = await asyncio.to_thread(loaded.run, wanted, feeds)
         return InferenceResponse(
             model_name=loaded.info.name, model_version=str(loaded.info.version), id=request.id,
             outputs=[encode_output(name, np.asarray(r)) for name, r in zip(wanted, results)])
@@ -381,13 +432,12 @@ class ModelServer:
             loaded, wanted, first = items[members[0]]
             feeds = first if len(members) == 1 else {
                 name: np.concatenate([items[i][2][name] for i in members]) for name in first}
-            outputs = await asyncio.to_thread(loaded.session.run, list(wanted), feeds)
+            outputs = await asyncio.to_thread(loaded.run, list(wanted), feeds)
             rows = [len(next(iter(items[i][2].values()))) for i in members]
             if len(members) > 1 and any(o.ndim == 0 or len(o) != sum(rows) for o in outputs):
                 # An output that is not one row per input row cannot be split: run singly.
                 for i in members:
-                    results[i] = await asyncio.to_thread(loaded.session.run, list(wanted),
-                                                         items[i][2])
+                    results[i] = await asyncio.to_thread(loaded.run, list(wanted), items[i][2])
                 continue
             offsets = np.cumsum([0] + rows)
             for i, start, end in zip(members, offsets[:-1], offsets[1:]):

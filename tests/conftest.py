@@ -103,6 +103,18 @@ def deploy_cfg(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Dep
     }, source="integration")
 
 
+def until(check, timeout_s: float = 20.0, every_s: float = 0.2):
+    """Poll ``check`` until it returns something truthy; return that, or the last value."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(every_s)
+        value = check()
+    return value
+
+
 def files_containing(folders: list[Path], needle: bytes) -> list[Path]:
     """Every file under ``folders`` whose bytes contain ``needle`` (logs, stores, payloads)."""
     found = []

@@ -58,12 +58,15 @@ def _models(env: dict, *args: str) -> object:
     return json.loads(_run(["maas", "models", *args, "--json"], env, timeout=120).stdout)
 
 
-def _readme_curl() -> tuple[str, str]:
+def _readme_curl(path: str = "/v2/models/digits/infer") -> tuple[str, str]:
+    """The README's keyed curl example for ``path``: (url, body)."""
     readme = (REPO / "README.md").read_text()
-    match = re.search(r"curl -s -X POST (\S+) -H \"Authorization: Bearer \$MAAS_API_KEY\" \\\n"
-                      r"\s*-H 'Content-Type: application/json' \\\n\s*-d '([^']+)'", readme)
-    assert match, "README lost its curl example"
-    return match.group(1), match.group(2)
+    examples = re.findall(r"curl -s -X POST (\S+) -H \"Authorization: Bearer \$MAAS_API_KEY\" "
+                          r"\\\n\s*-H 'Content-Type: application/json' \\\n\s*-d '([^']+)'",
+                          readme)
+    found = [(url, body) for url, body in examples if url.endswith(path)]
+    assert found, f"README lost its curl example for {path}"
+    return found[0]
 
 
 def test_up_submit_serve_status_down(user_env):
@@ -74,7 +77,8 @@ def test_up_submit_serve_status_down(user_env):
 
     job = _run(["ray", "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir",
                 ".", "--", "python", "-m", "jobs.pipeline", "deploy.yaml"], user_env, timeout=900)
-    # The shipped deploy.yaml: an MLP and a CNN on digits, each trained in under 3 minutes.
+    # The shipped deploy.yaml: an MLP and a CNN on digits, each trained in under 3 minutes,
+    # and the pretrained all-MiniLM-L6-v2 exported, checked and served as int8.
     accuracies = [float(a) for a in re.findall(r"held-out accuracy ([0-9.]+), loss", job.stdout)]
     train_times = dict(re.findall(r"\[1/4\] train (\S+) as .* done in ([0-9.]+)s", job.stdout))
     assert len(accuracies) == 2 and set(train_times) == {"digits", "digits-cnn"}, job.stdout[-3000:]
@@ -95,6 +99,10 @@ def test_up_submit_serve_status_down(user_env):
     selected_rows = [line for line in job.stdout.splitlines() if "selected" in line]
     assert any(digits["variant"] in line for line in selected_rows), job.stdout[-4000:]
     assert all(name in job.stdout for name in ("int8_static", "prune_structured", "distill"))
+    (minilm,) = _models(user_env, "show", "minilm")["versions"]
+    assert minilm["variant"] == "int8_dynamic" and minilm["aliases"] == ["production"]
+    served = re.search(r"cosine ([0-9.]+) with sentence-transformers \(model minilm", job.stdout)
+    assert served and float(served.group(1)) >= 0.99, job.stdout[-3000:]
 
     status = _run(["maas", "status"], user_env, timeout=120).stdout
     assert "model-digits" in status and "RUNNING" in status
@@ -116,9 +124,18 @@ def test_up_submit_serve_status_down(user_env):
     assert reply.status_code == 200, reply.text
     label = next(o for o in reply.json()["outputs"] if o["name"] == "label")
     assert reply.json()["model_name"] == "digits" and label["data"] == [0]
+    # The README's embeddings example (OpenAI's request and answer), with that key.
+    url, body = _readme_curl("/v1/embeddings")
+    reply = requests.post(url, data=body, timeout=60, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["model"] == "minilm@2" and answer["usage"]["prompt_tokens"] > 0
+    assert [len(d["embedding"]) for d in answer["data"]] == [384] * len(json.loads(body)["input"])
     cards = json.loads(_run(["maas", "catalog", "--tenant", "demo", "--json"], user_env,
                             timeout=120).stdout)
-    assert [c["name"] for c in cards] == ["digits", "digits-cnn"]
+    assert [c["name"] for c in cards] == ["digits", "digits-cnn", "minilm"]
+    assert cards[2]["kind"] == "text-embedding" and cards[2]["embeddings_url"] == "/v1/embeddings"
     assert all(c["agreement"]["version"] == 1 and c["production_version"] for c in cards)
 
     def used() -> Counter:
@@ -133,10 +150,13 @@ def test_up_submit_serve_status_down(user_env):
     counts = used()
     assert counts[("demo", "digits", 200)] == 3, counts  # quickstart, its curl, the README's
     assert counts[("demo", "digits-cnn", 200)] == 1, counts
+    assert counts[("demo", "minilm", 200)] == 2, counts  # quickstart and the README's example
+    assert counts[("maas-pipeline", "minilm", 200)] == 2, counts
     assert counts[("maas-pipeline", "digits", 200)] == 2, counts  # one smoke request per run
     assert counts[("-", "digits", 401)] == 1, counts
     listed = {m["name"]: m for m in _models(user_env, "list")}
-    assert {name: m["versions"] for name, m in listed.items()} == {"digits": 2, "digits-cnn": 2}
+    assert {name: m["versions"] for name, m in listed.items()} == {"digits": 2, "digits-cnn": 2,
+                                                                   "minilm": 2}
     versions = _models(user_env, "show", "digits")["versions"]
     assert [v["version"] for v in versions] == [1, 2]
     assert versions[0]["source_run"] != versions[1]["source_run"]

@@ -17,22 +17,12 @@ import requests
 from maas.access import AccessStore, Quota
 from maas.config import DeployConfig
 from maas.serving import deploy_model, model_app_name, wait_for_version
-from tests.conftest import files_containing, register_versions
+from tests.conftest import files_containing, register_versions, until
 
 pytestmark = pytest.mark.integration
 NAME = "gated"
 TERMS = {"license": "CC-BY-4.0", "allowed_uses": ["testing"],
          "data_usage": {"log_payloads": True, "retention_days": 1, "redaction": "none"}}
-
-
-def _until(check, timeout_s: float = 20.0, every_s: float = 0.2):
-    """Poll ``check`` until it returns something truthy; return that, or the last value."""
-    deadline = time.monotonic() + timeout_s
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(every_s)
-        value = check()
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +97,7 @@ def test_a_revoked_key_is_401_within_the_refresh(gated):
     assert _infer(gated, key).status_code == 200
     gated["store"].revoke(key.split("_")[1])
     # A requests.Response is falsy for 4xx, hence the message as the polled value.
-    message = _until(lambda: (r := _infer(gated, key)).status_code == 401 and r.json()["error"],
+    message = until(lambda: (r := _infer(gated, key)).status_code == 401 and r.json()["error"],
                      timeout_s=10)
     assert message and "was revoked at" in message
 
@@ -132,7 +122,7 @@ def test_an_unaccepted_agreement_is_403_until_accepted(gated):
     assert f"maas agreements accept --tenant new-co --model {NAME} --version {version}" \
         in reply.json()["error"]
     store.accept("new-co", NAME, version, "test")
-    assert _until(lambda: _infer(gated, key).status_code == 200, timeout_s=10)
+    assert until(lambda: _infer(gated, key).status_code == 200, timeout_s=10)
 
 
 def test_over_the_rate_is_429_with_retry_after(gated):
@@ -203,7 +193,7 @@ def test_usage_counts_equal_the_requests_sent(gated):
         return Counter({r["status"]: r["requests"]
                         for r in gated["store"].usage(tenant="metered-co")})
 
-    assert _until(lambda: metered() == sent, timeout_s=15), metered()
+    assert until(lambda: metered() == sent, timeout_s=15), metered()
     rows = {r["status"]: r["rows"] for r in gated["store"].usage(tenant="metered-co")}
     assert rows[200] == 21  # 7 requests of 3 rows
 
@@ -224,8 +214,8 @@ def test_payloads_are_logged_only_where_the_terms_allow(gated):
         return sum(p.read_text().count(loud_marker) for p in payloads.glob("*.jsonl")) \
             if payloads.exists() else 0
 
-    assert _until(lambda: loud_logged() == 6, timeout_s=15), loud_logged()
-    assert _until(lambda: sum(r["requests"] for r in
+    assert until(lambda: loud_logged() == 6, timeout_s=15), loud_logged()
+    assert until(lambda: sum(r["requests"] for r in
                               gated["store"].usage(tenant="quiet-co")) == 6, timeout_s=15)
     logs = Path(ray._private.worker._global_node.get_session_dir_path())
     assert files_containing([logs, gated["state"]], quiet_marker.encode()) == []
@@ -276,7 +266,7 @@ def test_prometheus_counts_requests_per_tenant(gated, metrics_port):
                    if line.startswith("ray_maas_requests_total")
                    and 'tenant="prom-co"' in line and 'status="200"' in line)
 
-    assert _until(lambda: exported() == 3.0, timeout_s=60, every_s=1.0), exported()
+    assert until(lambda: exported() == 3.0, timeout_s=60, every_s=1.0), exported()
 
 
 def test_changed_terms_must_be_accepted_again(gated):
@@ -291,8 +281,8 @@ def test_changed_terms_must_be_accepted_again(gated):
     changed = AgreementConfig.model_validate(TERMS | {"allowed_uses": ["testing", "research"]})
     new, created = store.publish(NAME, changed)
     assert created and new.version == old + 1
-    message = _until(lambda: (r := _infer(gated, key)).status_code == 403 and r.json()["error"],
+    message = until(lambda: (r := _infer(gated, key)).status_code == 403 and r.json()["error"],
                      timeout_s=10)
     assert message and f"has not accepted version {new.version}" in message
     store.accept("loyal-co", NAME, new.version, "test")
-    assert _until(lambda: _infer(gated, key).status_code == 200, timeout_s=10)
+    assert until(lambda: _infer(gated, key).status_code == 200, timeout_s=10)

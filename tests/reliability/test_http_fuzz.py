@@ -5,15 +5,14 @@ and every answer must match what the document declares (status, content type, bo
 from collections import Counter
 
 import pytest
-import requests
 
 from maas.config import ModelConfig
 from maas.serving import base_url, deploy_model, model_app_name, model_route, wait_for_version
 from tests.conftest import register_versions
+from tests.reliability.fuzz import fuzz_document
 
 pytestmark = pytest.mark.reliability
 NAME = "fuzzed"
-CASES_PER_OPERATION = 200  # the infer routes get them all; routes with few inputs run out sooner
 WANT_CASES = 1000
 
 
@@ -31,46 +30,11 @@ def served(deploy_cfg, tmp_path_factory):
     serve.delete("maas")
 
 
-def _fuzz(base: str, outcomes: Counter, failures: list[str]) -> None:
-    """Every operation of the document at ``base``/openapi.json, positive and negative cases."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.core.failures import FailureGroup
-    from schemathesis.generation import GenerationMode
-    from schemathesis.specs.openapi.checks import positive_data_acceptance
-
-    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
-    with requests.Session() as session:
-        for result in schema.get_all_operations():
-            operation = result.ok()
-            strategy = (operation.as_strategy(generation_mode=GenerationMode.POSITIVE)
-                        | operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
-
-            @settings(max_examples=CASES_PER_OPERATION, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck), derandomize=True)
-            @given(case=strategy)
-            def run(case):
-                response = case.call(base_url=base, session=session, timeout=30)
-                outcomes[response.status_code] += 1
-                if response.status_code >= 500:
-                    failures.append(f"{case.method} {case.formatted_path} {case.body!r:.300} -> "
-                                    f"{response.status_code}: {response.text[:300]}")
-                try:
-                    # A schema-valid body may still be refused with 400: JSON Schema cannot
-                    # say that a tensor's data holds prod(shape) values of the model's input.
-                    case.validate_response(response, excluded_checks=[positive_data_acceptance])
-                except FailureGroup as exc:  # a finding: collected, reported at the end
-                    failures.append(f"{case.method} {case.formatted_path} -> "
-                                    f"{response.status_code}: {str(exc)[:400]}")
-
-            run()
-
-
 def test_generated_requests_get_no_5xx_and_match_the_documents(served, figures):
     outcomes: Counter = Counter()
     failures: list[str] = []
-    _fuzz(served["model"], outcomes, failures)
-    _fuzz(served["server"], outcomes, failures)
+    fuzz_document(served["model"], outcomes, failures)
+    fuzz_document(served["server"], outcomes, failures)
     sent = sum(outcomes.values())
     server_errors = sum(n for status, n in outcomes.items() if status >= 500)
     figures.append({"test": "schemathesis", "fault": "generated valid and invalid requests",

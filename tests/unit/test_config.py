@@ -15,8 +15,9 @@ pytestmark = pytest.mark.unit
 
 def test_shipped_deploy_yaml_is_valid():
     cfg = load_config(REPO / "deploy.yaml")
-    assert [m.name for m in cfg.models] == ["digits", "digits-cnn"]
-    assert [m.model.kind for m in cfg.models] == ["mlp", "cnn"]
+    assert [m.name for m in cfg.models] == ["digits", "digits-cnn", "minilm"]
+    assert [m.source for m in cfg.models] == ["train", "train", "pretrained"]
+    assert [m.model.kind for m in cfg.models[:2]] == ["mlp", "cnn"]
     assert cfg.models[0].train.workers == 2
     assert cfg.tracking_uri.startswith("sqlite:///")
     assert cfg.tracking_uri.endswith("/mlflow.db")
@@ -58,6 +59,24 @@ def test_defaults_fill_every_section():
          "models[0].promotion.policy: must be 'auto' or 'manual', got 'always'"),
         ({"models": [{"name": "m", "train": {"loss": "mse"}, "promotion": {"min_accuracy": 0.9}}]},
          "promotion.min_accuracy: accuracy needs train.loss: cross_entropy"),
+        ({"models": [{"name": "m", "source": "pretrained"}]},
+         "pretrained: required with source: pretrained"),
+        ({"models": [{"name": "m", "source": "hub"}]},
+         "models[0].source: must be 'train' or 'pretrained', got 'hub'"),
+        ({"models": [{"name": "m", "pretrained": {"model": "x"}}]},
+         "pretrained: only used with source: pretrained"),
+        ({"models": [{"name": "m", "source": "pretrained", "pretrained": {"model": "x"},
+                      "train": {"epochs": 3}, "data": {"seed": 1}}]},
+         "data, train: not used with source: pretrained"),
+        ({"models": [{"name": "m", "source": "pretrained", "pretrained": {"model": "x"},
+                      "optimize": {"variants": ["int8_dynamic", "distill"]}}]},
+         "optimize.variants: ['distill'] need training data"),
+        ({"models": [{"name": "m", "source": "pretrained",
+                      "pretrained": {"model": "x", "min_cosine": 1.5}}]},
+         "models[0].pretrained.min_cosine: must be less than or equal to 1"),
+        ({"models": [{"name": "m", "source": "pretrained", "pretrained": {"model": "x"},
+                      "promotion": {"min_accuracy": 0.9}}]},
+         "its gate is pretrained.min_cosine"),
     ],
 )
 def test_each_mistake_names_its_key_path(doc, expected):

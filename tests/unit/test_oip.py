@@ -49,3 +49,40 @@ def test_encode_output_is_flat_row_major():
 def test_encode_output_rejects_dtypes_json_cannot_carry():
     with pytest.raises(TypeError, match="OIP JSON cannot carry"):
         encode_output("x", np.array(["a"], dtype=object))
+
+
+TEXT = TensorSpec(name="text", datatype="BYTES", shape=[-1])
+
+
+def _text(**overrides) -> RequestInput:
+    body = {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hello", "wörld 🚀"]}
+    return RequestInput.model_validate(body | overrides)
+
+
+def test_bytes_tensors_decode_to_strings():
+    array = decode_input(_text(), TEXT, 0, max_rows=10)
+    assert array.dtype == object and array.tolist() == ["hello", "wörld 🚀"]
+    nested = decode_input(_text(data=[["hello"], ["wörld 🚀"]]), TEXT, 0, max_rows=10)
+    assert nested.tolist() == array.tolist()
+    assert decode_input(_text(shape=[0], data=[]), TEXT, 0, max_rows=10).shape == (0,)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"datatype": "FP32"}, "inputs[0].datatype: input 'text' takes BYTES, got 'FP32'"),
+    ({"data": ["a", 1]}, "BYTES values must be strings (one text per element), got int 1"),
+    ({"data": ["a", None]}, "got NoneType None"),
+    ({"data": ["a"]}, "inputs[0].data: shape [2] needs 2 strings, got 1"),
+    ({"shape": [11], "data": ["a"] * 11}, "at most 10 rows per request, got 11"),
+    ({"shape": [2, 1]}, "inputs[0].shape: input 'text' has shape [-1]"),
+])
+def test_bad_bytes_tensors_are_refused_with_the_field_named(overrides, message):
+    with pytest.raises(InferError) as info:
+        decode_input(_text(**overrides), TEXT, 0, max_rows=10)
+    assert info.value.status == 400 and message in info.value.message
+
+
+def test_deeply_nested_strings_do_not_exhaust_the_stack():
+    data: list = ["deep"]
+    for _ in range(5000):
+        data = [data]
+    assert decode_input(_text(shape=[1], data=data), TEXT, 0, max_rows=10).tolist() == ["deep"]

@@ -129,6 +129,40 @@ def test_an_encrypted_artifact_round_trips_and_a_wrong_key_is_refused(store, mon
     assert [v.version for v in sealed.versions("sealed")] == [1]
 
 
+def test_assets_and_a_served_signature_are_stored_verified_and_sealed(store, monkeypatch):
+    from maas.oip import TensorSpec
+
+    text_in = [TensorSpec(name="text", datatype="BYTES", shape=[-1])]
+    out = [TensorSpec(name="embedding", datatype="FP32", shape=[-1, 3])]
+    vocab = '{"a tokenizer": true}'.encode()
+    key = crypto.new_key()
+    monkeypatch.setenv(KEY_ENV, key)
+    for name, registry in (("with-asset", Registry(store["uri"])),
+                           ("sealed-asset", Registry(store["uri"], key_env=KEY_ENV,
+                                                     encrypt=True))):
+        info = registry.register(name, store["model"], run_id=store["run_id"], metrics={},
+                                 variant="fp32", data_fingerprint="weights", config_digest="c",
+                                 kind="text-embedding", signature=(text_in, out),
+                                 assets={"tokenizer.json": vocab})
+        assert info.kind == "text-embedding" and info.inputs == text_in and info.outputs == out
+        assert info.assets["tokenizer.json"].sha256 == sha256_bytes(vocab)
+        assert registry.load_asset(info, "tokenizer.json") == vocab
+        stored = _stored_file(info).parent / ("tokenizer.json.enc" if info.encrypted
+                                              else "tokenizer.json")
+        assert (vocab in stored.read_bytes()) is not info.encrypted
+        stored.write_bytes(stored.read_bytes() + b" ")
+        with pytest.raises(IntegrityError, match="the stored asset tokenizer.json has sha256"):
+            registry.load_asset(info, "tokenizer.json")
+        with pytest.raises(IntegrityError):  # a version with a changed asset is not promoted
+            registry.promote(name, info.version)
+        with pytest.raises(RegistryError, match="has no asset 'vocab.txt'"):
+            registry.load_asset(info, "vocab.txt")
+    with pytest.raises(RegistryError, match="asset names must be plain file names"):
+        Registry(store["uri"]).register("bad-asset", store["model"], run_id=store["run_id"],
+                                        metrics={}, variant="fp32", data_fingerprint="w",
+                                        config_digest="c", assets={"../x": b""})
+
+
 @pytest.mark.parametrize("value, fragment", [("not base64!", "not valid base64"),
                                              ("c2hvcnQ=", "decodes to 5 bytes")])
 def test_a_malformed_key_is_a_clear_error(monkeypatch, value, fragment):
