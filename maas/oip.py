@@ -1,14 +1,18 @@
 """Open Inference Protocol (v2) REST bodies and the tensor conversion behind them.
 
-Spec: https://github.com/kserve/open-inference-protocol (REST binding, JSON tensors).
-Used by the serve apps (decode requests, encode responses) and by clients and tests.
+Spec: https://github.com/kserve/open-inference-protocol (REST binding, JSON tensors), and
+Triton's binary tensor data extension for request inputs (what ``tritonclient`` sends by
+default: a JSON header of ``Inference-Header-Content-Length`` bytes, then each input's raw
+bytes). Used by the serve apps (decode requests, encode responses) and by clients and tests.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
 # OIP datatype name -> numpy dtype. BYTES tensors carry text: JSON strings, held as objects.
@@ -107,6 +111,76 @@ class ModelMetadata(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+BINARY_HEADER = "inference-header-content-length"
+
+
+def parse_request(raw: bytes, header_length: str | None) -> InferenceRequest:
+    """An infer request body: JSON, or with ``header_length`` (the
+    ``Inference-Header-Content-Length`` header) a JSON header followed by the binary data of
+    every input whose ``parameters.binary_data_size`` says how many bytes it takes. Binary
+    data becomes the input's ``data``, as if it had been sent as JSON. Raises InferError (400)
+    for a malformed binary body, pydantic's ValidationError for a malformed request."""
+    if header_length is None:
+        return InferenceRequest.model_validate_json(raw)
+    if not (header_length.isascii() and header_length.isdecimal()) \
+            or not 0 < int(header_length) <= len(raw):
+        raise InferError(400, f"Inference-Header-Content-Length: must be the byte length of "
+                              f"the JSON header (1 to {len(raw)}), got {header_length!r}")
+    length = int(header_length)
+    try:
+        header = pydantic_core.from_json(raw[:length])
+    except ValueError as exc:
+        raise InferError(400, f"body: the JSON header (the first {length} bytes) is not valid "
+                              f"JSON ({exc})") from None
+    offset = length
+    inputs = header.get("inputs") if isinstance(header, dict) else None
+    for index, tensor in enumerate(inputs if isinstance(inputs, list) else []):
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        if not isinstance(parameters, dict) or "binary_data_size" not in parameters:
+            continue
+        field = f"inputs[{index}]"
+        size = parameters.pop("binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 \
+                or offset + size > len(raw):
+            raise InferError(400, f"{field}.parameters.binary_data_size: {size!r} bytes are not "
+                                  f"in the body ({len(raw) - offset} left after the header and "
+                                  f"the inputs before)")
+        tensor["data"] = _binary_values(raw[offset:offset + size], tensor.get("datatype"), field)
+        offset += size
+    if offset != len(raw):
+        raise InferError(400, f"body: {len(raw) - offset} bytes after the JSON header belong to "
+                              f"no input (set parameters.binary_data_size on each binary input)")
+    return InferenceRequest.model_validate(header)
+
+
+def _binary_values(chunk: bytes, datatype: Any, field: str) -> list[Any]:
+    """The values of one input's raw bytes: little-endian numbers, or for BYTES each element
+    as a 4-byte little-endian length and that many UTF-8 bytes."""
+    if datatype == BYTES:
+        texts, at = [], 0
+        while at < len(chunk):
+            if at + 4 > len(chunk):
+                raise InferError(400, f"{field}: binary BYTES data ends inside a length prefix")
+            (size,) = struct.unpack_from("<I", chunk, at)
+            if at + 4 + size > len(chunk):
+                raise InferError(400, f"{field}: a binary BYTES element of {size} bytes runs "
+                                      f"past the input's binary_data_size")
+            try:
+                texts.append(chunk[at + 4:at + 4 + size].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InferError(400, f"{field}: binary BYTES element {len(texts)} is not "
+                                      f"UTF-8 text") from None
+            at += 4 + size
+        return texts
+    dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise InferError(400, f"{field}.datatype: {datatype!r} is not an OIP datatype")
+    if len(chunk) % dtype.itemsize:
+        raise InferError(400, f"{field}: {len(chunk)} bytes of binary data is not a whole "
+                              f"number of {datatype} values ({dtype.itemsize} bytes each)")
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).tolist()
 
 
 def decode_input(tensor: RequestInput, spec: TensorSpec, index: int, max_rows: int) -> np.ndarray:

@@ -99,7 +99,8 @@ def embeddings_args(cfg: DeployConfig) -> dict[str, Any]:
     return {**_replica_args(cfg),
             "models": {m.name: m.serve.max_rows for m in models},
             "max_body_bytes": max(m.serve.max_body_bytes for m in models),
-            "body_timeout_s": max(m.serve.body_timeout_s for m in models)}
+            "body_timeout_s": max(m.serve.body_timeout_s for m in models),
+            "access_log": any(m.serve.access_log for m in models)}
 
 
 def serve_config(cfg: DeployConfig) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class EmbeddingsArgs(ReplicaArgs):
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
     body_timeout_s: float = Field(10.0, gt=0)
     num_cpus: float = Field(0.1, gt=0)
+    access_log: bool = Field(False, description="Serve's per-request access log lines")
 
 
 class EmbeddingRequest(BaseModel):
@@ -251,5 +252,6 @@ def build_app(args: dict) -> Application:
     parsed = EmbeddingsArgs.model_validate(args)
     return Embeddings.options(
         name="maas-openai", ray_actor_options={"num_cpus": parsed.num_cpus},
+        logging_config={"enable_access_log": parsed.access_log},
         max_ongoing_requests=256, graceful_shutdown_wait_loop_s=0.5,
         graceful_shutdown_timeout_s=5.0).bind(parsed)

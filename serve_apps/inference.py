@@ -43,8 +43,8 @@ from ray.serve import Application
 from maas import text
 from maas.config import AgreementConfig
 from maas.export import ort_session
-from maas.oip import (ErrorBody, InferenceRequest, InferenceResponse, InferError, ModelMetadata,
-                      TensorSpec, decode_input, encode_output)
+from maas.oip import (BINARY_HEADER, ErrorBody, InferenceRequest, InferenceResponse, InferError,
+                      ModelMetadata, TensorSpec, decode_input, encode_output, parse_request)
 from maas.registry import (CANARY, PRODUCTION, RegistryError, VersionInfo,
                            is_version_number)
 from serve_apps.args import ReplicaArgs
@@ -385,7 +385,7 @@ class ModelServer:
     async def _request_body(self, request: Request) -> InferenceRequest:
         raw = await read_json_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
         try:
-            return InferenceRequest.model_validate_json(raw)
+            return parse_request(raw, request.headers.get(BINARY_HEADER))
         except ValidationError as exc:
             raise InferError(400, validation_message(exc.errors())) from None
 

@@ -101,7 +101,7 @@ def test_openai_client_gets_sentence_transformers_embeddings(embedder, encoding)
                                               embedder["reference"][:1])[0] >= 0.99
 
 
-def test_tritonclient_sends_a_bytes_tensor(embedder):
+def test_tritonclient_sends_a_bytes_tensor_as_json_and_as_binary(embedder):
     import tritonclient.http as triton
 
     client = triton.InferenceServerClient(url=embedder["base"].removeprefix("http://"))
@@ -116,6 +116,11 @@ def test_tritonclient_sends_a_bytes_tensor(embedder):
     assert embeddings.shape == (len(QUERIES), 384)
     assert _cosines(embeddings, embedder["reference"]).min() >= 0.99
     assert result.as_numpy("tokens").tolist()[3] == 3  # [CLS] a [SEP]
+    # tritonclient's default: the texts as binary tensor data, outputs not named
+    binary = triton.InferInput("text", [len(QUERIES)], "BYTES")
+    binary.set_data_from_numpy(np.array(QUERIES, dtype=object))
+    again = client.infer(NAME, [binary], headers=headers).as_numpy("embedding")
+    np.testing.assert_allclose(again, embeddings, atol=1e-6)
     client.close()
 
 

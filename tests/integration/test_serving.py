@@ -73,6 +73,10 @@ def test_tritonclient_sees_a_conformant_server(served, deploy_cfg):
         probabilities, labels = served["sessions"][expected].run(None, {"input": x})
         np.testing.assert_array_equal(result.as_numpy("label"), labels)
         np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, atol=1e-6)
+    binary = triton.InferInput("input", list(x.shape), "FP32")
+    binary.set_data_from_numpy(x)  # tritonclient's default: binary tensor data
+    labels = served["sessions"][1].run(["label"], {"input": x})[0]
+    np.testing.assert_array_equal(client.infer(NAME, [binary]).as_numpy("label"), labels)
     client.close()
 
 

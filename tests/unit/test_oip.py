@@ -86,3 +86,71 @@ def test_deeply_nested_strings_do_not_exhaust_the_stack():
     for _ in range(5000):
         data = [data]
     assert decode_input(_text(shape=[1], data=data), TEXT, 0, max_rows=10).tolist() == ["deep"]
+
+
+def _binary_body(header: dict, *chunks: bytes) -> tuple[bytes, str]:
+    """Triton's binary tensor data extension: JSON header, then each input's bytes."""
+    import json
+
+    head = json.dumps(header).encode()
+    return head + b"".join(chunks), str(len(head))
+
+
+def _strings(*texts: str) -> bytes:
+    import struct
+
+    return b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
+
+
+def test_binary_inputs_decode_like_their_json_form():
+    from maas.oip import parse_request
+
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    body, length = _binary_body({"id": "b", "inputs": [
+        {"name": "input", "shape": [2, 4], "datatype": "FP32",
+         "parameters": {"binary_data_size": rows.nbytes}},
+        {"name": "text", "shape": [2], "datatype": "BYTES",
+         "parameters": {"binary_data_size": len(_strings("héllo", ""))}}]},
+        rows.tobytes(), _strings("héllo", ""))
+    request = parse_request(body, length)
+    assert request.id == "b" and request.inputs[0].parameters == {}
+    np.testing.assert_array_equal(decode_input(request.inputs[0], SPEC, 0, max_rows=10), rows)
+    assert decode_input(request.inputs[1], TEXT, 1, max_rows=10).tolist() == ["héllo", ""]
+    plain = b'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["a"]}]}'
+    assert parse_request(plain, None).inputs[0].data == ["a"]
+
+
+@pytest.mark.parametrize("header, chunks, length, message", [
+    ({"inputs": []}, [b"xx"], None, "2 bytes after the JSON header belong to no input"),
+    ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 15}}]}, [b"\0" * 15], None,
+     "15 bytes of binary data is not a whole number of FP32 values"),
+    ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 64}}]}, [b"\0" * 16], None,
+     "inputs[0].parameters.binary_data_size: 64 bytes are not in the body"),
+    ({"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 6}}]}, [b"\x09\0\0\0ab"], None,
+     "runs past the input's binary_data_size"),
+    ({"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 5}}]}, [b"\x01\0\0\0\xff"], None,
+     "is not UTF-8 text"),
+    ({"inputs": [{"name": "t", "shape": [1], "datatype": "TEXT",
+                  "parameters": {"binary_data_size": 1}}]}, [b"a"], None,
+     "inputs[0].datatype: 'TEXT' is not an OIP datatype"),
+    ({"inputs": []}, [], "abc", "Inference-Header-Content-Length: must be the byte length"),
+    ({"inputs": []}, [], "999", "Inference-Header-Content-Length: must be the byte length"),
+])
+def test_malformed_binary_bodies_are_400_naming_the_part(header, chunks, length, message):
+    from maas.oip import parse_request
+
+    body, own_length = _binary_body(header, *chunks)
+    with pytest.raises(InferError) as info:
+        parse_request(body, length or own_length)
+    assert info.value.status == 400 and message in info.value.message
+
+
+def test_a_binary_header_that_is_not_json_is_400():
+    from maas.oip import parse_request
+
+    with pytest.raises(InferError, match="the JSON header .* is not valid JSON"):
+        parse_request(b"[" * 100_000, "100000")
