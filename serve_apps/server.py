@@ -2,6 +2,8 @@
 
     GET /v2/health/live    GET /v2/health/ready    GET /v2    GET /v2/catalog
 
+``ready`` is 200 when every model app, and the /v1 embeddings app when it is deployed, runs.
+
 Model routes live in per-model apps at ``/v2/models/<name>`` (serve_apps.inference); Serve
 routes by longest prefix, so this app only sees ``/v2/models/...`` for models that are not
 deployed, and answers those with 404.
@@ -22,7 +24,7 @@ from ray.serve import Application
 import maas
 from maas.catalog import CatalogEntry, ModelCard, catalog
 from maas.oip import ErrorBody
-from maas.serving import MODEL_APP_PREFIX
+from maas.serving import EMBEDDINGS_APP, MODEL_APP_PREFIX
 from serve_apps.args import ReplicaArgs
 from serve_apps.gate import AccessGate
 from serve_apps.http import make_api
@@ -39,11 +41,19 @@ class ServerArgs(ReplicaArgs):
 api = make_api(title="maas", description="Open Inference Protocol v2 server endpoints")
 
 
-def _model_apps() -> dict[str, str]:
-    """Model name -> Serve application status, for every model app on the cluster."""
+def _model_apps(apps: dict[str, str] | None = None) -> dict[str, str]:
+    """Model name -> Serve application status, for every model app on the cluster (among
+    ``apps``, when given: what :func:`_maas_apps` returned)."""
+    apps = _maas_apps() if apps is None else apps
+    return {name.removeprefix(MODEL_APP_PREFIX): state for name, state in apps.items()
+            if name.startswith(MODEL_APP_PREFIX)}
+
+
+def _maas_apps() -> dict[str, str]:
+    """Serve application -> status, for the model apps and the /v1 embeddings app."""
     status = serve.status()
-    return {name.removeprefix(MODEL_APP_PREFIX): app.status.value
-            for name, app in status.applications.items() if name.startswith(MODEL_APP_PREFIX)}
+    return {name: app.status.value for name, app in status.applications.items()
+            if name.startswith(MODEL_APP_PREFIX) or name == EMBEDDINGS_APP}
 
 
 @serve.deployment
@@ -63,9 +73,13 @@ class Server:
     # Sync: serve.status() is a blocking call to the Serve controller.
     @api.get("/health/ready")
     def ready(self) -> JSONResponse:
-        models = _model_apps()
-        ready = bool(models) and all(state == "RUNNING" for state in models.values())
-        return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
+        apps = _maas_apps()
+        models = _model_apps(apps)
+        ready = bool(models) and all(state == "RUNNING" for state in apps.values())
+        body = {"ready": ready, "models": models}
+        if EMBEDDINGS_APP in apps:
+            body["embeddings"] = apps[EMBEDDINGS_APP]
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @api.get("/")
     def metadata(self) -> dict[str, object]:

@@ -79,6 +79,9 @@ def test_the_pipeline_registers_int8_with_its_tokenizer_and_serves_it(embedder):
     assert [(s.name, s.shape) for s in info.outputs] == [("embedding", [-1, 384]),
                                                          ("tokens", [-1])]
     assert info.metrics["size_bytes"] < 0.6 * 90e6  # int8: about half of fp32's 90 MB
+    ready = requests.get(f"{embedder['base']}/v2/health/ready", timeout=30)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "models": {NAME: "RUNNING"}, "embeddings": "RUNNING"}
 
 
 @pytest.mark.parametrize("encoding", ["base64", "float"])
