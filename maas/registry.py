@@ -97,6 +97,11 @@ class ModelSummary(BaseModel):
     updated_at: str
 
 
+# MLflow stores version numbers in an integer column: a larger number can name no version
+# (and SQLite fails on it with an error that is not "does not exist").
+MAX_VERSION = 2**31 - 1
+
+
 def is_version_number(text: str) -> bool:
     """Whether ``text`` names a version by number: ASCII digits only (``str.isdigit()`` also
     admits '³', which ``int()`` cannot read)."""
@@ -355,6 +360,9 @@ class Registry:
                     f"model {name!r} has no {alias!r} version (aliases: {aliases or 'none'}); "
                     f"`maas models promote {name} VERSION --alias {alias}` sets one")
             ref = aliases[alias]
+        if not 1 <= int(ref) <= MAX_VERSION:
+            known = [v.version for v in self.versions(name)]
+            raise RegistryError(f"model {name!r} has no version {ref}; versions: {known}")
         try:
             mv = self.client.get_model_version(name, str(int(ref)))
         except MlflowException as exc:

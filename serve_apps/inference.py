@@ -45,7 +45,7 @@ from maas.config import AgreementConfig
 from maas.export import ort_session
 from maas.oip import (BINARY_HEADER, ErrorBody, InferenceRequest, InferenceResponse, InferError,
                       ModelMetadata, TensorSpec, decode_input, encode_output, parse_request)
-from maas.registry import (CANARY, PRODUCTION, RegistryError, VersionInfo,
+from maas.registry import (CANARY, MAX_VERSION, PRODUCTION, RegistryError, VersionInfo,
                            is_version_number)
 from serve_apps.args import ReplicaArgs
 from serve_apps.gate import ANONYMOUS, AccessGate, Admission, Refusal
@@ -268,7 +268,7 @@ class ModelServer:
 
     def _by_number(self, version: str) -> Loaded:
         """The loaded ``version`` (a path segment); 404 for one that is not registered."""
-        if not is_version_number(version) or int(version) < 1:
+        if not is_version_number(version) or not 1 <= int(version) <= MAX_VERSION:
             raise InferError(404, f"model {self.args.name!r} has no version {version!r}; "
                                   f"versions: {self._versions}")
         number = int(version)

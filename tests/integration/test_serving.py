@@ -82,6 +82,8 @@ def test_tritonclient_sees_a_conformant_server(served, deploy_cfg):
 
 @pytest.mark.parametrize("path, fragment", [
     ("/versions/9/infer", "has no version 9"),
+    ("/versions/999999999999999999999999999999/infer",  # past MLflow's integer column: was a 500
+     "has no version '999999999999999999999999999999'"),
     ("/versions/abc/infer", "has no version 'abc'"),
     ("/versions/0", "has no version '0'"),
 ])

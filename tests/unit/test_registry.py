@@ -85,6 +85,14 @@ def test_a_version_carries_its_hash_signature_metrics_and_lineage(store):
     assert labels.shape == (4,)
 
 
+def test_a_version_number_past_mlflows_column_is_no_version_not_a_crash(store):
+    _register(store, "huge")
+    registry = Registry(store["uri"])
+    for ref in (10**30, 2**31, "99999999999999999999"):
+        with pytest.raises(RegistryError, match="has no version"):
+            registry.get("huge", ref)
+
+
 def test_a_tampered_artifact_is_refused_naming_model_version_and_both_hashes(store):
     info = _register(store, "tampered")
     path = _stored_file(info)
