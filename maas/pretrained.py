@@ -162,8 +162,9 @@ def tokenizer_json(model_dir: Path, length: int) -> str:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(model_dir)).backend_tokenizer
-    pad_token = json.loads((model_dir / "special_tokens_map.json").read_text()).get(
-        "pad_token", "[PAD]") if (model_dir / "special_tokens_map.json").is_file() else "[PAD]"
+    special = model_dir / "special_tokens_map.json"
+    pad_token = (json.loads(special.read_text()).get("pad_token", "[PAD]") if special.is_file()
+                 else "[PAD]")
     if isinstance(pad_token, dict):
         pad_token = pad_token["content"]
     pad_id = tok.token_to_id(pad_token)

@@ -223,7 +223,6 @@ class Registry:
         the next version of ``name``. ``signature`` (inputs, outputs) is what clients send
         and get, when that is not the graph's own (a text model takes text, not token ids)."""
         plaintext = onnx_path.read_bytes()
-        digest = sha256_bytes(plaintext)
         opset, inputs, outputs = onnx_signature(plaintext)
         if signature is not None:
             inputs, outputs = signature
@@ -234,23 +233,22 @@ class Registry:
             raise RegistryError(f"asset names must be plain file names other than {MODEL_FILE} "
                                 f"and not ending in .enc, got {sorted(assets)}")
         files = {MODEL_FILE: plaintext} | assets
+        digests = {f: sha256_bytes(content) for f, content in files.items()}
+        stored_digests: dict[str, str] = {}  # of the files as stored (sealed, when encrypted)
         artifact_path = f"{ARTIFACT_DIR}/{name}/{uuid.uuid4().hex[:16]}"
-        stored_hashes: dict[str, str] = {}
         with tempfile.TemporaryDirectory() as tmp:
             for filename, content in files.items():
-                stored = content
+                stored, stored_as = content, filename
                 if self.encrypt:
-                    stored = crypto.seal(content, self._key(),
-                                         _context(name, sha256_bytes(content)))
-                    filename = _sealed(filename)
-                stored_hashes[filename] = sha256_bytes(stored)
-                (Path(tmp) / filename).write_bytes(stored)
+                    stored = crypto.seal(content, self._key(), _context(name, digests[filename]))
+                    stored_as = _sealed(filename)
+                stored_digests[filename] = sha256_bytes(stored)
+                (Path(tmp) / stored_as).write_bytes(stored)
             self.client.log_artifacts(run_id, tmp, artifact_path=artifact_path)
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        stored_name = (lambda f: _sealed(f) if self.encrypt else f)
         tags = {
-            "sha256": digest,
-            "artifact_sha256": stored_hashes[stored_name(MODEL_FILE)],
+            "sha256": digests[MODEL_FILE],
+            "artifact_sha256": stored_digests[MODEL_FILE],
             "encrypted": "true" if self.encrypt else "false",
             "variant": variant,
             "opset": str(opset),
@@ -262,9 +260,9 @@ class Registry:
             "kind": kind,
         } | {f"{METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
         if assets:
-            tags["assets"] = json.dumps({
-                f: {"sha256": sha256_bytes(c), "artifact_sha256": stored_hashes[stored_name(f)]}
-                for f, c in assets.items()})
+            tags["assets"] = json.dumps({f: {"sha256": digests[f],
+                                             "artifact_sha256": stored_digests[f]}
+                                         for f in assets})
         self._ensure_model(name)
         created = self.client.create_model_version(name, source, run_id=run_id, tags=tags,
                                                    description=description)
@@ -436,24 +434,25 @@ class Registry:
         if filename not in info.assets:
             raise RegistryError(f"model {info.name!r} version {info.version} has no asset "
                                 f"{filename!r}; its assets: {sorted(info.assets)}")
-        asset = info.assets[filename]
-        return self._verified_bytes(info, decrypt=True, filename=filename, sha256=asset.sha256,
-                                    artifact_sha256=asset.artifact_sha256)
+        return self._verified_bytes(info, decrypt=True, filename=filename)
 
     def _verify_all(self, info: VersionInfo) -> None:
         """Check the stored bytes of the model and of every asset (decrypting with the key
         when there is one here): before an alias may point at the version."""
         decrypt = info.encrypted and self._has_key()
-        self._verified_bytes(info, decrypt=decrypt)
-        for filename, asset in info.assets.items():
-            self._verified_bytes(info, decrypt=decrypt, filename=filename, sha256=asset.sha256,
-                                 artifact_sha256=asset.artifact_sha256)
+        for filename in [MODEL_FILE, *info.assets]:
+            self._verified_bytes(info, decrypt=decrypt, filename=filename)
 
-    def _verified_bytes(self, info: VersionInfo, decrypt: bool, filename: str = MODEL_FILE,
-                        sha256: str | None = None, artifact_sha256: str | None = None) -> bytes:
-        sha256 = sha256 or info.sha256
-        artifact_sha256 = artifact_sha256 or info.artifact_sha256
-        what = "artifact" if filename == MODEL_FILE else f"asset {filename}"
+    def _verified_bytes(self, info: VersionInfo, decrypt: bool,
+                        filename: str = MODEL_FILE) -> bytes:
+        """The bytes of ``filename`` (the model, or one of its assets), checked against the
+        hashes recorded for it at registration."""
+        if filename == MODEL_FILE:
+            sha256, artifact_sha256, what = info.sha256, info.artifact_sha256, "artifact"
+        else:
+            asset = info.assets[filename]
+            sha256, artifact_sha256 = asset.sha256, asset.artifact_sha256
+            what = f"asset {filename}"
         stored = self._fetch(info, _sealed(filename) if info.encrypted else filename)
         actual = sha256_bytes(stored)
         if actual != artifact_sha256:

@@ -22,12 +22,10 @@ from typing import Literal
 
 import numpy as np
 from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
-from starlette.exceptions import HTTPException
 
 from maas.oip import InferenceRequest, InferError
 from maas.registry import is_version_number
@@ -35,7 +33,7 @@ from maas.serving import model_app_name
 from maas.text import OUTPUT_NAME, TEXT_INPUT, TOKENS_OUTPUT
 from serve_apps.args import ReplicaArgs
 from serve_apps.gate import AccessGate
-from serve_apps.http import (document_models, json_body, make_api, read_json_body,
+from serve_apps.http import (CallFailure, document_models, json_body, make_api, read_json_body,
                               validation_message)
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -117,32 +115,11 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         headers=headers)
 
 
+# OpenAI's clients read errors as {"error": {"message": ...}}: this app answers in that shape.
 api = make_api(title="maas OpenAI-compatible API",
-               description="POST /v1/embeddings for the text-embedding models")
+               description="POST /v1/embeddings for the text-embedding models", render=_error)
 ERRORS = {status: {"model": OpenAIError} for status in ERROR_TYPES}
 document_models(api, EmbeddingRequest)
-
-
-# OpenAI's clients read errors as {"error": {"message": ...}}: this app answers in that shape.
-@api.exception_handler(InferError)
-async def _infer_error(_: Request, exc: InferError) -> JSONResponse:
-    return _error(exc.status, exc.message, exc.headers)
-
-
-@api.exception_handler(HTTPException)
-async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail), exc.headers)
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(400, validation_message(exc.errors()))
-
-
-def _encode(row: np.ndarray, encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        return base64.b64encode(row.astype("<f4").tobytes()).decode()
-    return row.tolist()
 
 
 @serve.deployment
@@ -214,14 +191,14 @@ class Embeddings:
         except Exception as exc:  # noqa: BLE001 - the model's app is down or being replaced
             raise InferError(503, f"model {name!r} cannot answer now ({type(exc).__name__}); "
                                   f"retry, and see `maas status`") from None
-        if not hasattr(result, "outputs"):  # a CallFailure: the model app refused it
+        if isinstance(result, CallFailure):  # the model app refused it
             raise InferError(result.status, result.message, result.headers)
         outputs = {o.name: o for o in result.outputs}
         embedding = outputs[OUTPUT_NAME]
         if body.dimensions is not None and body.dimensions != embedding.shape[1]:
             raise InferError(400, f"dimensions: model {name!r} makes {embedding.shape[1]}-"
                                   f"dimensional embeddings, got {body.dimensions}; leave it out")
-        rows = await asyncio.to_thread(self._rows, embedding.data, embedding.shape,
+        rows = await asyncio.to_thread(self._rows, embedding.data, embedding.shape[1],
                                        body.encoding_format)
         tokens = int(sum(outputs[TOKENS_OUTPUT].data))
         answer = EmbeddingResponse(data=rows, model=f"{name}@{result.model_version}",
@@ -229,10 +206,14 @@ class Embeddings:
         return Response(answer.model_dump_json(), media_type="application/json")
 
     @staticmethod
-    def _rows(data: list[float], shape: list[int], encoding: str) -> list[EmbeddingData]:
-        matrix = np.asarray(data, dtype=np.float32).reshape(shape)
-        return [EmbeddingData(index=i, embedding=_encode(row, encoding))
-                for i, row in enumerate(matrix)]
+    def _rows(data: list[float], width: int, encoding: str) -> list[EmbeddingData]:
+        """The flat embedding values as one answer row per text: slices of the list as they
+        came (float), or its rows' float32 bytes (base64)."""
+        rows = [data[start:start + width] for start in range(0, len(data), width)]
+        if encoding == "base64":
+            rows = [base64.b64encode(np.asarray(row, dtype="<f4").tobytes()).decode()
+                    for row in rows]
+        return [EmbeddingData(index=i, embedding=row) for i, row in enumerate(rows)]
 
     async def _handle(self, name: str):
         handle = self._handles.get(name)

@@ -4,7 +4,8 @@ Every refusal is ``{"error": "..."}`` with a 4xx code and a message that names t
 """
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,21 +78,40 @@ async def read_json_body(request: Request, limit: int, timeout_s: float) -> byte
     return b"".join(chunks)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer bad requests with 400 and a message naming the field, never FastAPI's 422 shape."""
+@dataclass(frozen=True)
+class CallFailure:
+    """An infer call over a DeploymentHandle that was refused: what the HTTP answer would
+    have been (the calling app renders it in its own protocol)."""
+
+    status: int
+    message: str
+    headers: dict[str, str] | None
+
+
+ErrorRenderer = Callable[[int, str, dict[str, str] | None], JSONResponse]
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    """maas's refusal body: ``{"error": "<message naming the field>"}``."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, render: ErrorRenderer = error_response) -> None:
+    """Answer bad requests with 400 and a message naming the field, never FastAPI's 422 shape;
+    every refusal's body is what ``render`` makes of its status, message and headers."""
 
     @app.exception_handler(InferError)
     async def _infer_error(_: Request, exc: InferError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return render(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                            headers=exc.headers)
+        return render(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
+        return render(400, validation_message(exc.errors()), None)
 
 
 class PrefixRoot:
@@ -111,10 +131,11 @@ class PrefixRoot:
         await self.app(scope, receive, send)
 
 
-def make_api(title: str, description: str) -> FastAPI:
-    """A FastAPI app with the shared error handlers and prefix-root routing installed."""
+def make_api(title: str, description: str, render: ErrorRenderer = error_response) -> FastAPI:
+    """A FastAPI app with the shared error handlers (bodies made by ``render``) and
+    prefix-root routing installed."""
     api = FastAPI(title=title, description=description)
-    install_error_handlers(api)
+    install_error_handlers(api, render)
     api.add_middleware(PrefixRoot)
     return api
 

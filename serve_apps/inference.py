@@ -49,8 +49,8 @@ from maas.registry import (CANARY, MAX_VERSION, PRODUCTION, RegistryError, Versi
                            is_version_number)
 from serve_apps.args import ReplicaArgs
 from serve_apps.gate import ANONYMOUS, AccessGate, Admission, Refusal
-from serve_apps.http import (document_models, json_body, make_api, read_json_body,
-                              validation_message)
+from serve_apps.http import (CallFailure, document_models, json_body, make_api,
+                              read_json_body, validation_message)
 
 log = logging.getLogger("ray.serve")
 EXPLICIT_VERSIONS_KEPT = 4  # explicitly requested versions held in memory besides the aliases
@@ -100,16 +100,6 @@ class Loaded:
         embeddings, tokens = text.embed(self.session, self.encoder, texts)
         produced = {text.OUTPUT_NAME: embeddings, text.TOKENS_OUTPUT: tokens}
         return [produced[name] for name in wanted]
-
-
-@dataclass(frozen=True)
-class CallFailure:
-    """An infer call over a DeploymentHandle that was refused: what the HTTP answer would
-    have been (the caller renders it in its own protocol)."""
-
-    status: int
-    message: str
-    headers: dict[str, str] | None
 
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
