@@ -8,7 +8,7 @@ export RAY_AUTH_MODE := token
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 
 .PHONY: setup demo up down test test-unit test-integration test-reliability test-e2e \
-	reliability-report bench clean
+	reliability-report bench docs clean
 
 # constraints.txt pins every package; torch==2.13.0 there is the CPU build on this machine.
 $(STAMP): pyproject.toml constraints.txt
@@ -18,6 +18,17 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+DOCS_STAMP := $(VENV)/.docs-stamp
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# The references are regenerated from the code (tests/unit/test_docs.py fails when the
+# committed ones are stale), then mkdocs builds the site into site/.
+docs: $(DOCS_STAMP)
+	$(BIN)/python docs/generate.py
+	$(BIN)/mkdocs build --strict
 
 # The last step makes tenant `demo` a key for every model, accepts their agreements, and prints
 # the key and a curl command that uses it.
@@ -63,4 +74,4 @@ bench: setup
 	$(BIN)/python bench/text_bench.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache bench/out
+	rm -rf $(VENV) *.egg-info .pytest_cache bench/out site

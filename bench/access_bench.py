@@ -40,7 +40,7 @@ def _deploy(model: Path, state: Path, port: int):
     from maas.access import AccessStore, onboard, parse_quota
     from maas.config import parse_config
     from maas.registry import Registry
-    from maas.serving import deploy_model, wait_for_version
+    from serve_apps.deploy import deploy_model, wait_for_version
     from maas.tracking import Tracker
 
     serve = {"num_replicas": 2}
@@ -65,51 +65,26 @@ def _deploy(model: Path, state: Path, port: int):
     return urls, key
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    parser.add_argument("--rounds", type=int, default=4, help="open/gated alternations per cell")
-    parser.add_argument("--proxy", choices=["python", "haproxy"], default="haproxy")
-    args = parser.parse_args()
-    from maas.cluster import serve_env
-    from maas.config import ClusterConfig
-
-    os.environ.update(serve_env(ClusterConfig(serve_ingress=args.proxy)))
-    import ray
-    from ray import serve
-
+def _measure(urls: dict[str, str], key: str, bodies: dict, seconds: float,
+             rounds: int) -> list[dict]:
+    """Every cell, open and gated in turn, ``rounds`` times."""
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        model, splits = _export(folder)
-        bodies = _bodies(splits, folder)
-        port = _free_port()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            serve.start(proxy_location="HeadOnly",
-                        http_options={"host": "127.0.0.1", "port": port})
-            urls, key = _deploy(model, folder / "state", port)
-            for n, c in CELLS:
-                for round_ in range(args.rounds):
-                    # Alternate which goes first, so that neither always follows the other.
-                    for label in ("open", "gated") if round_ % 2 == 0 else ("gated", "open"):
-                        headers = (f"Authorization: Bearer {key}",) if label == "gated" else ()
-                        result = _load(urls[label], bodies[n], c, args.seconds, headers)
-                        result |= {"access": label, "rows": n, "concurrency": c,
-                                   "round": round_}
-                        print(f"{label:5s} rows={n:3d} c={c:3d} round {round_}: "
-                              f"{result['req_per_s']:8.1f} req/s p50 {result['p50_ms']:.1f} ms "
-                              f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}",
-                              flush=True)
-                        rows.append(result)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    for n, c in CELLS:
+        for round_ in range(rounds):
+            # Alternate which goes first, so that neither always follows the other.
+            for label in ("open", "gated") if round_ % 2 == 0 else ("gated", "open"):
+                headers = (f"Authorization: Bearer {key}",) if label == "gated" else ()
+                result = _load(urls[label], bodies[n], c, seconds, headers)
+                result |= {"access": label, "rows": n, "concurrency": c, "round": round_}
+                print(f"{label:5s} rows={n:3d} c={c:3d} round {round_}: "
+                      f"{result['req_per_s']:8.1f} req/s p50 {result['p50_ms']:.1f} ms "
+                      f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}", flush=True)
+                rows.append(result)
+    return rows
 
-    out = REPO / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "access_bench.json").write_text(json.dumps(rows, indent=2))
+
+def _report(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """The RESULTS.md section: a row per cell, the ratio against the target."""
     lines = [f"Command: `.venv/bin/python bench/access_bench.py --seconds {args.seconds:g} "
              f"--rounds {args.rounds} --proxy {args.proxy}`",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs. The same model as two "
@@ -130,17 +105,52 @@ def main() -> None:
         lines.append(f"| {n} | {c} | {rps['open']:.0f} | {rps['gated']:.0f} | "
                      f"{ratios[-1]:.2f} | {p50['open']:.1f} / {p99['open']:.1f} | "
                      f"{p50['gated']:.1f} / {p99['gated']:.1f} | {errors} |")
-    lines += ["", f"Target (issue 6): access on within 10% of off: gated/open req/s "
-                  f"{', '.join(f'{r:.2f}' for r in ratios)} (>= 0.90) -> "
-                  f"{'met' if min(ratios) >= 0.90 else 'missed'}.", "",
-              "How to read it: run to run, a cell moves by about 3% (an A/A run of this script "
-              "with access off on both apps measured 0.96 and 1.01). What the gate costs a "
-              "replica (py-spy at 200 Hz on a gated replica under this load): at first about 4% "
-              "of its samples — the key's sha256 on every request, a lock and a dict update "
-              "per metered request, and requests waiting on the limiter actor whenever a lease "
-              "ran out (0.89-0.90x here). Now a verified Authorization header is remembered "
-              "until its key changes, metering appends to a deque that the flush thread sums, "
-              "and busy leases are topped up in the background before they run out."]
+    return lines + [
+        "", f"Target (issue 6): access on within 10% of off: gated/open req/s "
+            f"{', '.join(f'{r:.2f}' for r in ratios)} (>= 0.90) -> "
+            f"{'met' if min(ratios) >= 0.90 else 'missed'}.", "",
+        "How to read it: run to run, a cell moves by about 3% (an A/A run of this script "
+        "with access off on both apps measured 0.96 and 1.01). What the gate costs a "
+        "replica (py-spy at 200 Hz on a gated replica under this load): at first about 4% "
+        "of its samples — the key's sha256 on every request, a lock and a dict update "
+        "per metered request, and requests waiting on the limiter actor whenever a lease "
+        "ran out (0.89-0.90x here). Now a verified Authorization header is remembered "
+        "until its key changes, metering appends to a deque that the flush thread sums, "
+        "and busy leases are topped up in the background before they run out."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=4, help="open/gated alternations per cell")
+    parser.add_argument("--proxy", choices=["python", "haproxy"], default="haproxy")
+    args = parser.parse_args()
+    from maas.cluster import serve_env
+    from maas.config import ClusterConfig
+
+    os.environ.update(serve_env(ClusterConfig(serve_ingress=args.proxy)))
+    import ray
+    from ray import serve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model, splits = _export(folder)
+        bodies = _bodies(splits, folder)
+        port = _free_port()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            serve.start(proxy_location="HeadOnly",
+                        http_options={"host": "127.0.0.1", "port": port})
+            urls, key = _deploy(model, folder / "state", port)
+            rows = _measure(urls, key, bodies, args.seconds, args.rounds)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    out = REPO / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "access_bench.json").write_text(json.dumps(rows, indent=2))
+    lines = _report(rows, args)
     update_section(SECTION, lines)
     print("\n".join(lines))
 

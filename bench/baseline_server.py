@@ -22,7 +22,7 @@ def make_app(model_path: str):
     from fastapi.responses import JSONResponse, Response
     from pydantic import ValidationError
 
-    from maas.export import ort_session
+    from maas.runtime import ort_session
     from maas.oip import InferenceRequest, InferenceResponse, InferError, decode_input, encode_output
     from maas.registry import onnx_signature
 

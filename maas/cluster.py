@@ -68,8 +68,10 @@ def configured_address(cfg: ClusterConfig) -> str | None:
     return os.environ.get("RAY_ADDRESS") or cfg.address
 
 
-def connect(cfg: ClusterConfig) -> Connection:
-    """Attach this process to Ray, following the order in the module docstring."""
+def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> Connection:
+    """Attach this process to Ray, following the order in the module docstring.
+    ``log_to_driver`` False: the workers' output stays in the session's log files (the
+    dashboard shows it) instead of being streamed to this process."""
     ensure_auth_mode()  # before the first `import ray`: Ray reads the mode when it loads
     import ray
 
@@ -78,17 +80,29 @@ def connect(cfg: ClusterConfig) -> Connection:
         return Connection("attached", context.gcs_address, dashboard_url())
     address = configured_address(cfg)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return Connection("remote", address, dashboard_url())
     local = local_head_address()
     if local is not None:
-        ray.init(address=local, log_to_driver=True)
+        ray.init(address=local, log_to_driver=log_to_driver)
         return Connection("local", local, dashboard_url())
     os.environ.update(serve_env(cfg))  # inherited by the embedded head's processes
     ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
              include_dashboard=True, dashboard_host=cfg.dashboard_host,
-             dashboard_port=cfg.dashboard_port, log_to_driver=True)
+             dashboard_port=cfg.dashboard_port, log_to_driver=log_to_driver)
     return Connection("embedded", ray.get_runtime_context().gcs_address, dashboard_url())
+
+
+def session_logs_dir() -> Path | None:
+    """The connected Ray session's log folder when it is on this machine (a local or
+    embedded head; the dashboard's Logs page lists its files), else None."""
+    # No public API names it; the node object ray.init made knows it.
+    from ray._private.worker import _global_node
+
+    if _global_node is None:
+        return None
+    folder = Path(_global_node.get_logs_dir_path())
+    return folder if folder.is_dir() else None
 
 
 def dashboard_url() -> str | None:

@@ -18,12 +18,15 @@ from typing import Any, Literal
 import numpy as np
 
 from maas.config import DataConfig
+from maas.errors import MaasError
 
 Task = Literal["classification", "regression"]
 
 
-class DataError(ValueError):
+class DataError(MaasError, ValueError):
     """The data cannot be trained on; the message says what is wrong and where."""
+
+    status = 400
 
 
 @dataclass(frozen=True)

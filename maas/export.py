@@ -18,6 +18,7 @@ from torch import nn
 
 from maas.config import ExportConfig
 from maas.models import Classifier
+from maas.runtime import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +138,6 @@ def compact_names(graph_model):
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
     return graph_model
-
-
-def ort_session(model: Path | bytes, threads: int = 1):
-    """An ONNX Runtime CPU session, from a file or in-memory bytes, with explicit thread counts
-    (no oversubscription)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=options,
-                                providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()

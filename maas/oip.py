@@ -15,6 +15,8 @@ import numpy as np
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
+from maas.errors import MaasError
+
 # OIP datatype name -> numpy dtype. BYTES tensors carry text: JSON strings, held as objects.
 BYTES = "BYTES"
 DATATYPES: dict[str, np.dtype] = {
@@ -41,14 +43,12 @@ ONNX_ELEM_TO_DATATYPE = {1: "FP32", 2: "UINT8", 3: "INT8", 5: "INT16", 6: "INT32
                          13: "UINT64"}
 
 
-class InferError(Exception):
+class InferError(MaasError):
     """A request the server refuses; ``status`` is the HTTP code, the message names the field."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers  # e.g. Retry-After on a 429, WWW-Authenticate on a 401
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 param: str | None = None):
+        super().__init__(message, status=status, headers=headers, param=param)
 
 
 class TensorSpec(BaseModel):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,9 +22,10 @@ from torch import nn
 
 from maas.config import ExportConfig, OptimizeConfig, PruneConfig, QuantizeConfig
 from maas.data import Splits
-from maas.export import (INPUT_NAME, compact_names, export_onnx, ort_session,
-                         strip_debug_info)
+from maas.export import INPUT_NAME, compact_names, export_onnx, strip_debug_info
 from maas.models import MLP
+from maas.runtime import ort_session
+from maas.variants import p50_ms, pick
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,21 @@ class VariantResult:
     def as_row(self) -> dict:
         return asdict(self)
 
+    def metrics(self) -> dict[str, float]:
+        """Every measure as a number (for MLflow): p50_ms_b1, p50_ms_b64, ..."""
+        numbers = {"accuracy": self.accuracy, "accuracy_drop": self.accuracy_drop,
+                   "size_bytes": float(self.size_bytes), "size_ratio": self.size_ratio}
+        numbers |= {f"p50_ms_b{b}": ms for b, ms in self.p50_ms.items()}
+        if self.parameters is not None:
+            numbers["parameters"] = float(self.parameters)
+        return numbers
 
-def _p50_ms(sessions: dict[str, object], x: np.ndarray, runs: int) -> dict[str, float]:
-    """p50 latency per session, timed in interleaved rounds so that drift in the machine's
-    speed (other processes, clocks) lands on every variant alike."""
-    for session in sessions.values():
-        for _ in range(max(runs // 10, 5)):
-            session.run(None, {INPUT_NAME: x})
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    per_round = max(runs // 10, 1)
-    for _ in range(10):
-        for name, session in sessions.items():
-            for _ in range(per_round):
-                started = time.perf_counter()
-                session.run(None, {INPUT_NAME: x})
-                samples[name].append(time.perf_counter() - started)
-    return {name: float(np.median(s) * 1000.0) for name, s in samples.items()}
+    def cells(self) -> dict[str, str]:
+        """The variants table's columns for this variant."""
+        return {"accuracy": f"{self.accuracy:.4f}", "drop": f"{self.accuracy_drop:+.4f}",
+                "size kB": f"{self.size_bytes / 1000:.1f}", "size x": f"{self.size_ratio:.2f}",
+                "p50 ms b=1": f"{self.p50_ms[1]:.4f}", "p50 ms b=64": f"{self.p50_ms[64]:.4f}",
+                "nonzero params": "-" if self.parameters is None else str(self.parameters)}
 
 
 def _onnx_accuracy(session, x: np.ndarray, y: np.ndarray) -> float:
@@ -217,13 +216,19 @@ def build_variants(model: nn.Module, fp32: Path, splits: Splits, cfg: OptimizeCo
     return _measure(made, splits, cfg)
 
 
+def _latency(sessions: dict[str, object], x: np.ndarray, runs: int) -> dict[str, float]:
+    """p50 ms of each variant's session on the same rows ``x``."""
+    return p50_ms({name: (lambda s=session: s.run(None, {INPUT_NAME: x}))
+                   for name, session in sessions.items()}, runs)
+
+
 def _measure(made: dict[str, tuple[Path, int | None]], splits: Splits,
              cfg: OptimizeConfig) -> list[VariantResult]:
     sessions = {name: ort_session(path, threads=1) for name, (path, _) in made.items()}
     accuracies = {name: _onnx_accuracy(session, splits.x_test, splits.y_test)
                   for name, session in sessions.items()}
     base_size = made[BASELINE][0].stat().st_size
-    latency = {b: _p50_ms(sessions, np.ascontiguousarray(
+    latency = {b: _latency(sessions, np.ascontiguousarray(
         np.resize(splits.x_test, (b, splits.n_features))), cfg.latency_runs)
         for b in LATENCY_BATCHES}
     results = []
@@ -240,7 +245,7 @@ def _measure(made: dict[str, tuple[Path, int | None]], splits: Splits,
 
 def select(results: list[VariantResult], cfg: OptimizeConfig) -> VariantResult:
     """The fastest (or smallest) eligible variant; fp32 is always eligible."""
-    eligible = [r for r in results if r.eligible or r.name == BASELINE]
-    if cfg.select.policy == "smallest":
-        return min(eligible, key=lambda r: r.size_bytes)
-    return min(eligible, key=lambda r: r.p50_ms[cfg.select.latency_batch])
+    chosen = pick(results, cfg.select.policy, lambda r: r.eligible or r.name == BASELINE,
+                  lambda r: r.p50_ms[cfg.select.latency_batch])
+    assert chosen is not None  # fp32 is always among the results, and always eligible
+    return chosen

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from maas.config import DeployConfig
+from maas.variants import MeasuredVariant
 
 RUN_NAME_TAG = "maas.run_name"
 CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
@@ -97,22 +99,16 @@ class Tracker:
             plt.close(fig)
             self.client.log_artifact(run_id, str(path))
 
-    def log_variants(self, run_id: str, rows: list[dict], chosen: str) -> None:
-        """The optimize table as ``variants.json`` plus one metric per variant and measure."""
+    def log_variants(self, run_id: str, variants: Sequence[MeasuredVariant], chosen: str) -> None:
+        """The variants as ``variants.json`` plus one metric per variant and measure."""
+        rows = [{"name": v.name, **v.metrics()} for v in variants]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "variants.json"
             path.write_text(json.dumps({"selected": chosen, "variants": rows}, indent=2))
             self.client.log_artifact(run_id, str(path))
-        for row in rows:  # every number of a row, and every entry of a dict of numbers
-            metrics = {}
-            for key, value in row.items():
-                if isinstance(value, dict):
-                    metrics |= {f"{key}_b{k}": v for k, v in value.items()
-                                if isinstance(v, (int, float))}
-                elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                    metrics[key] = value
-            self.log_metrics(run_id, {f"variant.{row['name']}.{k}": float(v)
-                                      for k, v in metrics.items()})
+        for variant in variants:
+            self.log_metrics(run_id, {f"variant.{variant.name}.{k}": v
+                                      for k, v in variant.metrics().items()})
         self.client.set_tag(run_id, "maas.variant", chosen)
 
     def finish(self, run_id: str, ok: bool) -> None:

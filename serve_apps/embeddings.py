@@ -9,117 +9,41 @@ api_key=<maas key>)``). ``model`` is a model name (its production version, or it
 ``serve.canary_weight``) or ``<name>@<version>``. Each request becomes one Open Inference
 Protocol request to the model's own app over a DeploymentHandle, which checks the key, the
 agreement, rate and quota and meters it exactly as its ``/v2/models/<name>/infer`` does; so
-both routes share one model's replicas, batches and limits. Errors come in OpenAI's shape:
-``{"error": {"message", "type", "param", "code"}}``.
+both routes share one model's replicas, batches and limits. Errors come in OpenAI's shape
+(serve_apps.openai_types).
 """
 
-# No `from __future__ import annotations` in serve apps: FastAPI reads the real annotation
-# objects of the route methods.
+# No `from __future__ import annotations` in serve apps: FastAPI and Serve's typed builders
+# read the real annotation objects.
 import asyncio
 import base64
 import time
-from typing import Literal
+from collections.abc import Callable
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
-from maas.oip import InferenceRequest, InferError
+from maas.app_args import EmbeddingsArgs
+from maas.oip import InferenceRequest, InferError, RequestInput
 from maas.registry import is_version_number
-from maas.serving import model_app_name
+from maas.routes import OPENAI_APP, model_app_name
 from maas.text import OUTPUT_NAME, TEXT_INPUT, TOKENS_OUTPUT
-from serve_apps.args import ReplicaArgs
-from serve_apps.gate import AccessGate
-from serve_apps.http import (CallFailure, document_models, json_body, make_api, read_json_body,
-                              validation_message)
-
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-               403: "permission_error", 404: "not_found_error", 408: "invalid_request_error",
-               411: "invalid_request_error", 413: "invalid_request_error",
-               415: "invalid_request_error", 429: "rate_limit_error",
-               503: "service_unavailable_error"}
-REQUEST_FIELDS = ("model", "input", "encoding_format", "dimensions", "user")
-
-
-class EmbeddingsArgs(ReplicaArgs):
-    models: dict[str, int] = Field(description="embedding model name -> its serve.max_rows")
-    max_body_bytes: int = Field(8 * 2**20, ge=1024)
-    body_timeout_s: float = Field(10.0, gt=0)
-    num_cpus: float = Field(0.1, gt=0)
-    access_log: bool = Field(False, description="Serve's per-request access log lines")
-
-
-class EmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request, as far as a sentence embedder can answer it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1, description="a model name, or <name>@<version>")
-    input: str | list[str] = Field(description="one text, or a list of texts")
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="must be the model's own, if sent")
-    user: str | None = Field(None, description="accepted for compatibility; not stored")
-
-
-class EmbeddingData(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str  # base64: little-endian float32 bytes
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
-    usage: Usage
-
-
-class ModelCardOpenAI(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "maas"
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCardOpenAI]
-
-
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIError(BaseModel):
-    error: OpenAIErrorDetail
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    field = message.split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
-    detail = OpenAIErrorDetail(
-        message=message, type=ERROR_TYPES.get(status, "server_error"),
-        param=field if field in REQUEST_FIELDS else None,
-        code="model_not_found" if status == 404 else None)
-    return JSONResponse(OpenAIError(error=detail).model_dump(), status_code=status,
-                        headers=headers)
-
+from serve_apps.gate import AccessGate, visible_models
+from serve_apps.http import CallFailure, api_body, make_api, read_json_body, validation_error
+from serve_apps.openai_types import (ERROR_TYPES, EmbeddingData, EmbeddingRequest,
+                                     EmbeddingResponse, ModelCardOpenAI, ModelList, OpenAIError,
+                                     Usage, openai_error)
 
 # OpenAI's clients read errors as {"error": {"message": ...}}: this app answers in that shape.
 api = make_api(title="maas OpenAI-compatible API",
-               description="POST /v1/embeddings for the text-embedding models", render=_error)
+               description="POST /v1/embeddings for the text-embedding models",
+               render=openai_error)
 ERRORS = {status: {"model": OpenAIError} for status in ERROR_TYPES}
-document_models(api, EmbeddingRequest)
+EMBEDDINGS_BODY = api_body(api, EmbeddingRequest)
 
 
 @serve.deployment
@@ -138,52 +62,42 @@ class Embeddings:
     def health(self) -> dict[str, bool | str]:
         return {"live": True, "settings": self.digest}
 
-    async def _visible(self, request: Request):
-        """Which model names this request's key may see (every one, with access off)."""
-        if self.gate is None:
-            return lambda name: True
-        return (await self.gate.authenticate(request.headers)).allows
-
     def _card(self, name: str) -> ModelCardOpenAI:
         return ModelCardOpenAI(id=name, created=self._started)
 
     @api.get("/models", response_model=ModelList, responses=ERRORS)
     async def models(self, request: Request) -> ModelList:
-        visible = await self._visible(request)
+        visible = await visible_models(self.gate, request.headers)
         return ModelList(data=[self._card(n) for n in sorted(self.args.models) if visible(n)])
 
     @api.get("/models/{name}", response_model=ModelCardOpenAI, responses=ERRORS)
     async def model(self, name: str, request: Request) -> ModelCardOpenAI:
-        visible = await self._visible(request)
-        self._known(name, visible)
+        self._known(name, await visible_models(self.gate, request.headers))
         return self._card(name)
 
-    def _known(self, name: str, visible) -> None:
+    def _known(self, name: str, visible: Callable[[str], bool]) -> None:
         if name not in self.args.models or not visible(name):
             served = sorted(n for n in self.args.models if visible(n))
             raise InferError(404, f"model: {name!r} is not an embedding model you can use "
-                                  f"here; yours: {served}")
+                                  f"here; yours: {served}", param="model")
 
     @api.post("/embeddings", response_model=EmbeddingResponse, responses=ERRORS,
-              openapi_extra=json_body(EmbeddingRequest))
+              openapi_extra=EMBEDDINGS_BODY)
     async def embeddings(self, request: Request) -> Response:
         # Refuse unknown keys before reading a body, and name no model to them.
-        visible = await self._visible(request)
-        raw = await read_json_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
-        try:
-            body = EmbeddingRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise InferError(400, validation_message(exc.errors())) from None
+        visible = await visible_models(self.gate, request.headers)
+        body = await self._body(request)
         name, _, version = body.model.partition("@")
         self._known(name, visible)
         if version and not is_version_number(version):
-            raise InferError(400, f"model: {body.model!r}: after '@' comes a version number")
+            raise InferError(400, f"model: {body.model!r}: after '@' comes a version number",
+                             param="model")
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or len(texts) > self.args.models[name]:
             raise InferError(400, f"input: send 1 to {self.args.models[name]} texts "
-                                  f"(serve.max_rows of {name!r}), got {len(texts)}")
-        oip = InferenceRequest(inputs=[{"name": TEXT_INPUT, "shape": [len(texts)],
-                                        "datatype": "BYTES", "data": texts}])
+                                  f"(serve.max_rows of {name!r}), got {len(texts)}", param="input")
+        oip = InferenceRequest(inputs=[RequestInput(name=TEXT_INPUT, shape=[len(texts)],
+                                                    datatype="BYTES", data=texts)])
         headers = {k: v for k, v in request.headers.items() if k == "authorization"}
         try:
             handle = await self._handle(name)
@@ -192,18 +106,26 @@ class Embeddings:
             raise InferError(503, f"model {name!r} cannot answer now ({type(exc).__name__}); "
                                   f"retry, and see `maas status`") from None
         if isinstance(result, CallFailure):  # the model app refused it
-            raise InferError(result.status, result.message, result.headers)
+            raise result.error()
         outputs = {o.name: o for o in result.outputs}
         embedding = outputs[OUTPUT_NAME]
         if body.dimensions is not None and body.dimensions != embedding.shape[1]:
             raise InferError(400, f"dimensions: model {name!r} makes {embedding.shape[1]}-"
-                                  f"dimensional embeddings, got {body.dimensions}; leave it out")
+                                  f"dimensional embeddings, got {body.dimensions}; leave it out",
+                             param="dimensions")
         rows = await asyncio.to_thread(self._rows, embedding.data, embedding.shape[1],
                                        body.encoding_format)
         tokens = int(sum(outputs[TOKENS_OUTPUT].data))
         answer = EmbeddingResponse(data=rows, model=f"{name}@{result.model_version}",
                                    usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return Response(answer.model_dump_json(), media_type="application/json")
+
+    async def _body(self, request: Request) -> EmbeddingRequest:
+        raw = await read_json_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
+        try:
+            return EmbeddingRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
 
     @staticmethod
     def _rows(data: list[float], width: int, encoding: str) -> list[EmbeddingData]:
@@ -228,11 +150,11 @@ class Embeddings:
             gate.close()
 
 
-def build_app(args: dict) -> Application:
-    """Serve entry point: ``serve_apps.embeddings:build_app`` with :class:`EmbeddingsArgs`."""
-    parsed = EmbeddingsArgs.model_validate(args)
+def build_app(args: EmbeddingsArgs) -> Application:
+    """Serve entry point: ``serve_apps.embeddings:build_app``; Serve validates the config's
+    ``args`` into :class:`maas.app_args.EmbeddingsArgs`."""
     return Embeddings.options(
-        name="maas-openai", ray_actor_options={"num_cpus": parsed.num_cpus},
-        logging_config={"enable_access_log": parsed.access_log},
+        name=OPENAI_APP, ray_actor_options={"num_cpus": args.num_cpus},
+        logging_config={"enable_access_log": args.access_log},
         max_ongoing_requests=256, graceful_shutdown_wait_loop_s=0.5,
-        graceful_shutdown_timeout_s=5.0).bind(parsed)
+        graceful_shutdown_timeout_s=5.0).bind(args)

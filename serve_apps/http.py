@@ -1,6 +1,8 @@
-"""HTTP plumbing shared by the serve apps: error bodies and prefix-root routing.
+"""HTTP plumbing shared by the serve apps: one error mapping, body reading, the API document.
 
-Every refusal is ``{"error": "..."}`` with a 4xx code and a message that names the field.
+Every refusal is a :class:`maas.errors.MaasError` carrying its status; each app maps it to a
+response once (:func:`make_api`), as ``{"error": "..."}`` with a message that names the field,
+or in the app's own shape (OpenAI's, for ``/v1``).
 """
 
 import asyncio
@@ -11,24 +13,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from maas.errors import MaasError, field_path
 from maas.oip import InferError
 
-
-def _field_path(loc: tuple) -> str:
-    parts = [p for p in loc if p != "body"]
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
+DOCS_STATIC = "/docs/static"  # Swagger UI's files, served by every app (no CDN is reachable)
 
 
-def validation_message(errors: list[dict]) -> str:
-    """Pydantic errors as one line, each problem naming its field (``inputs[0].shape``)."""
-    problems = []
+def validation_error(errors: list[dict]) -> InferError:
+    """Pydantic errors as one 400, each problem naming its field (``inputs[0].shape``); the
+    first top-level field at fault is the error's ``param``."""
+    problems, param = [], None
     for error in errors:
         loc = tuple(p for p in error["loc"] if p != "body")
         if error["type"] == "json_invalid":
@@ -36,8 +35,10 @@ def validation_message(errors: list[dict]) -> str:
         elif not loc:
             problems.append("body: must be a JSON object (send Content-Type: application/json)")
         else:
-            problems.append(f"{_field_path(loc)}: {error['msg']}")
-    return "; ".join(problems)
+            problems.append(f"{field_path(loc)}: {error['msg']}")
+            if param is None and isinstance(loc[0], str):
+                param = loc[0]
+    return InferError(400, "; ".join(problems), param=param)
 
 
 async def read_json_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -87,38 +88,42 @@ class CallFailure:
     message: str
     headers: dict[str, str] | None
 
+    def error(self) -> InferError:
+        return InferError(self.status, self.message, self.headers)
 
-ErrorRenderer = Callable[[int, str, dict[str, str] | None], JSONResponse]
+
+ErrorRenderer = Callable[[MaasError], JSONResponse]
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None
-                   ) -> JSONResponse:
+def error_response(error: MaasError) -> JSONResponse:
     """maas's refusal body: ``{"error": "<message naming the field>"}``."""
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": error.message}, status_code=error.status,
+                        headers=error.headers)
 
 
 def install_error_handlers(app: FastAPI, render: ErrorRenderer = error_response) -> None:
-    """Answer bad requests with 400 and a message naming the field, never FastAPI's 422 shape;
-    every refusal's body is what ``render`` makes of its status, message and headers."""
+    """Answer every refusal with what ``render`` makes of it: a MaasError as it is, Starlette's
+    404/405 with their status, and bad bodies with 400 naming the field (never FastAPI's 422)."""
 
-    @app.exception_handler(InferError)
-    async def _infer_error(_: Request, exc: InferError) -> JSONResponse:
-        return render(exc.status, exc.message, exc.headers)
+    @app.exception_handler(MaasError)
+    async def _maas_error(_: Request, exc: MaasError) -> JSONResponse:
+        return render(exc)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return render(exc.status_code, str(exc.detail), exc.headers)
+        return render(InferError(exc.status_code, str(exc.detail), exc.headers))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return render(400, validation_message(exc.errors()), None)
+        return render(validation_error(exc.errors()))
 
 
 class PrefixRoot:
-    """Route a request for the app's own route prefix (``/v2``) to its ``/`` route.
+    """Route a request for the app's own route prefix (``/v2/models/x``) to its ``/`` route.
 
-    Serve mounts an app at its route prefix, so ``GET /v2`` arrives with an empty route path,
-    which FastAPI answers with a 307 to ``/v2/``; OIP clients expect the metadata directly.
+    Serve mounts an app at its route prefix, so ``GET /v2/models/x`` arrives with an empty
+    route path, which FastAPI answers with a 307 to ``.../x/``; OIP clients expect the
+    metadata directly.
     """
 
     def __init__(self, app: ASGIApp):
@@ -132,39 +137,38 @@ class PrefixRoot:
 
 
 def make_api(title: str, description: str, render: ErrorRenderer = error_response) -> FastAPI:
-    """A FastAPI app with the shared error handlers (bodies made by ``render``) and
-    prefix-root routing installed."""
-    api = FastAPI(title=title, description=description)
+    """A FastAPI app with the shared error mapping (bodies made by ``render``), prefix-root
+    routing, and Swagger UI at ``/docs`` served from the app itself."""
+    api = FastAPIOffline(title=title, description=description, static_url=DOCS_STATIC,
+                         redoc_url=None)
     install_error_handlers(api, render)
     api.add_middleware(PrefixRoot)
     return api
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting a JSON body that the route reads by hand (size limit,
-    one parse) as ``model``; ``document_models`` must put the model into the document."""
+def api_body(api: FastAPI, model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its JSON body by hand (size limit, one parse)
+    as ``model``, with ``model`` (and what it nests) added to ``api``'s document: FastAPI
+    documents only the models in route signatures, and clients and fuzzers must be able to
+    resolve the body's schema."""
+    if not hasattr(api.state, "body_models"):
+        api.state.body_models = []
+        api.openapi = lambda: _document(api)
+    api.state.body_models.append(model)
     return {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
-def document_models(api: FastAPI, *models: type[BaseModel]) -> None:
-    """Add ``models`` (and the models they nest) to ``api``'s OpenAPI components.
-
-    FastAPI documents only the models in route signatures; a body read by hand would
-    otherwise point at schemas the document lacks, and clients and fuzzers could not
-    resolve them."""
-
-    def build() -> dict[str, Any]:
-        if api.openapi_schema is None:
-            document = get_openapi(title=api.title, version=api.version,
-                                   description=api.description, routes=api.routes,
-                                   servers=api.servers)
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
-            api.openapi_schema = document
-        return api.openapi_schema
-
-    api.openapi = build
+def _document(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's document of ``api`` with the hand-read body models in its components."""
+    if api.openapi_schema is None:
+        document = get_openapi(title=api.title, version=api.version,
+                               description=api.description, routes=api.routes,
+                               servers=api.servers)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in api.state.body_models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        api.openapi_schema = document
+    return api.openapi_schema

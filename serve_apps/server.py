@@ -1,59 +1,76 @@
-"""Server-level Open Inference Protocol routes and the model catalog, mounted at ``/v2``.
+"""The server app at the root of the URL space: Open Inference Protocol server routes and the
+model catalog under ``/v2``, the API docs, and a home page.
 
-    GET /v2/health/live    GET /v2/health/ready    GET /v2    GET /v2/catalog
+    GET /                   where everything is (HTML for a browser, JSON otherwise)
+    GET /docs               Swagger UI of /openapi.json (served from here: no CDN needed)
+    GET /openapi.json       every route of every app (serve_apps.openapi)
+    GET /v2/health/live     GET /v2/health/ready     GET /v2     GET /v2/catalog
 
-``ready`` is 200 when every model app, and the /v1 embeddings app when it is deployed, runs.
-
-Model routes live in per-model apps at ``/v2/models/<name>`` (serve_apps.inference); Serve
-routes by longest prefix, so this app only sees ``/v2/models/...`` for models that are not
-deployed, and answers those with 404.
-
-With ``access`` set, the catalog lists only the models the request's key may use, and needs a
-key like every model route; health and server metadata stay open.
+``ready`` is 200 when every model app, and the /v1 app when it is deployed, runs. Model routes
+live in per-model apps at ``/v2/models/<name>`` (serve_apps.inference); Serve routes by longest
+prefix, so this app only sees ``/v2/models/...`` for models that are not deployed, and answers
+those with 404. With ``access`` set, the catalog lists only the models the request's key may
+use, and needs a key like every model route; health, metadata and docs stay open.
 """
 
+# No `from __future__ import annotations` in serve apps: FastAPI and Serve's typed builders
+# read the real annotation objects.
 import asyncio
+import html
 import time
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
-from pydantic import Field
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import Application
 
 import maas
-from maas.catalog import CatalogEntry, ModelCard, catalog
+from maas.app_args import ServerArgs
+from maas.catalog import ModelCard, catalog
 from maas.oip import ErrorBody
-from maas.serving import EMBEDDINGS_APP, MODEL_APP_PREFIX
-from serve_apps.args import ReplicaArgs
-from serve_apps.gate import AccessGate
+from maas.routes import (MODEL_APP_PREFIX, OIP_ROOT, OPENAI_APP, SERVER_APP, embeddings_route,
+                         infer_route)
+from serve_apps import embeddings, inference
+from serve_apps.gate import AccessGate, visible_models
 from serve_apps.http import make_api
+from serve_apps.openapi import server_document
 
 CATALOG_CACHE_S = 2.0  # cards take a few registry queries each; clients may poll
-
-
-class ServerArgs(ReplicaArgs):
-    state_dir: str = "~/.maas"
-    num_cpus: float = 0.1
-    catalog: list[CatalogEntry] = Field(default_factory=list)
-
-
+NOT_FOUND = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
 api = make_api(title="maas", description="Open Inference Protocol v2 server endpoints")
 
 
-def _model_apps(apps: dict[str, str] | None = None) -> dict[str, str]:
-    """Model name -> Serve application status, for every model app on the cluster (among
-    ``apps``, when given: what :func:`_maas_apps` returned)."""
-    apps = _maas_apps() if apps is None else apps
+def _apps() -> dict[str, str]:
+    """Serve application -> status, for the model apps and the /v1 app (blocking: a call to
+    the Serve controller)."""
+    status = serve.status()
+    return {name: app.status.value for name, app in status.applications.items()
+            if name.startswith(MODEL_APP_PREFIX) or name == OPENAI_APP}
+
+
+def _models(apps: dict[str, str]) -> dict[str, str]:
+    """Model name -> its app's status, among ``apps``."""
     return {name.removeprefix(MODEL_APP_PREFIX): state for name, state in apps.items()
             if name.startswith(MODEL_APP_PREFIX)}
 
 
-def _maas_apps() -> dict[str, str]:
-    """Serve application -> status, for the model apps and the /v1 embeddings app."""
-    status = serve.status()
-    return {name: app.status.value for name, app in status.applications.items()
-            if name.startswith(MODEL_APP_PREFIX) or name == EMBEDDINGS_APP}
+def _home_page(links: dict) -> str:
+    """A small page of links for a browser (the console will take this place)."""
+    items = [f'<li><a href="{html.escape(url)}">{html.escape(label)}</a></li>'
+             for label, url in (("API docs (Swagger UI)", links["docs"]),
+                                ("OpenAPI document", links["openapi"]),
+                                ("model catalog (needs a key)", links["catalog"]),
+                                ("health", links["health"]),
+                                ("OpenAI-compatible embeddings", links.get("openai")),
+                                ("Ray dashboard", links["dashboard"])) if url]
+    models = "".join(f"<li><code>POST {html.escape(url)}</code></li>"
+                     for url in links["models"].values())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>maas</title></head>"
+            f"<body style='font-family:sans-serif;max-width:42em;margin:2em auto'>"
+            f"<h1>maas {html.escape(maas.__version__)}</h1><p>Model as a service on Ray.</p>"
+            f"<ul>{''.join(items)}</ul><h2>Models</h2><ul>{models}</ul>"
+            f"<p>Keys: <code>maas quickstart</code> or <code>maas keys create</code>; send "
+            f"<code>Authorization: Bearer &lt;key&gt;</code>.</p></body></html>")
 
 
 @serve.deployment
@@ -65,23 +82,40 @@ class Server:
         self.registry = args.registry()
         self.gate = AccessGate(args.access) if args.access is not None else None
         self._cards: tuple[float, list[ModelCard]] = (0.0, [])
+        # FastAPI serves api.openapi_schema as /openapi.json (and /docs shows it): the routes
+        # of every app this server's config deploys.
+        api.openapi_schema = server_document(
+            api, inference.api, embeddings.api, [e.name for e in args.catalog],
+            bool(args.embedding_models))
 
-    @api.get("/health/live")
+    @api.get("/", response_model=None)
+    def home(self, request: Request) -> JSONResponse | HTMLResponse:
+        links = {"docs": "/docs", "openapi": "/openapi.json", "catalog": f"{OIP_ROOT}/catalog",
+                 "health": f"{OIP_ROOT}/health/ready", "dashboard": self.args.dashboard_url,
+                 "models": {e.name: infer_route(e.name) for e in self.args.catalog}}
+        if self.args.embedding_models:
+            links["openai"] = embeddings_route()
+        if "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse({"name": "maas", "version": maas.__version__, **links})
+        return HTMLResponse(_home_page(links))
+
+    @api.get(f"{OIP_ROOT}/health/live")
     def live(self) -> dict[str, bool | str]:
         return {"live": True, "settings": self.digest}
 
     # Sync: serve.status() is a blocking call to the Serve controller.
-    @api.get("/health/ready")
+    @api.get(f"{OIP_ROOT}/health/ready")
     def ready(self) -> JSONResponse:
-        apps = _maas_apps()
-        models = _model_apps(apps)
+        apps = _apps()
+        models = _models(apps)
         ready = bool(models) and all(state == "RUNNING" for state in apps.values())
         body = {"ready": ready, "models": models}
-        if EMBEDDINGS_APP in apps:
-            body["embeddings"] = apps[EMBEDDINGS_APP]
+        if OPENAI_APP in apps:
+            body["embeddings"] = apps[OPENAI_APP]
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @api.get("/")
+    @api.get(OIP_ROOT)
+    @api.get(f"{OIP_ROOT}/", include_in_schema=False)
     def metadata(self) -> dict[str, object]:
         return {"name": "maas", "version": maas.__version__, "extensions": []}
 
@@ -93,27 +127,24 @@ class Server:
             self._cards = (time.monotonic(), cards)
         return cards
 
-    @api.get("/catalog", response_model=list[ModelCard],
+    @api.get(f"{OIP_ROOT}/catalog", response_model=list[ModelCard],
              responses={401: {"model": ErrorBody}})
     async def catalog(self, request: Request) -> list[ModelCard]:
         """A card per model the key may use: signature, versions, metrics, terms, price."""
-        visible = await self._visible(request)
+        visible = await visible_models(self.gate, request.headers)
         cards = await asyncio.to_thread(self._all_cards)
         return [card for card in cards if visible(card.name)]
 
-    async def _visible(self, request: Request):
-        if self.gate is None:
-            return lambda name: True
-        return (await self.gate.authenticate(request.headers)).allows
-
-    @api.api_route("/models/{name}", methods=["GET", "POST"],
-                   responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
-    @api.api_route("/models/{name}/{rest:path}", methods=["GET", "POST"],
-                   responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+    # One route per method: a route of two methods gives both the same operation id.
+    @api.get(f"{OIP_ROOT}/models/{{name}}", responses=NOT_FOUND)
+    @api.post(f"{OIP_ROOT}/models/{{name}}", responses=NOT_FOUND)
+    @api.get(f"{OIP_ROOT}/models/{{name}}/{{rest:path}}", responses=NOT_FOUND)
+    @api.post(f"{OIP_ROOT}/models/{{name}}/{{rest:path}}", responses=NOT_FOUND)
     async def unknown_model(self, name: str, request: Request) -> JSONResponse:
-        visible = await self._visible(request)  # no key: 401, not a list of what is served
-        apps = await asyncio.to_thread(_model_apps)
-        known = sorted(m for m in apps if visible(m))
+        """A model that is not served: 404, naming those that are (that the key may use)."""
+        visible = await visible_models(self.gate, request.headers)  # no key: 401, not a list
+        apps = await asyncio.to_thread(_apps)
+        known = sorted(m for m in _models(apps) if visible(m))
         return JSONResponse({"error": f"unknown model {name!r}; served models: {known}"},
                             status_code=404)
 
@@ -123,8 +154,8 @@ class Server:
             gate.close()
 
 
-def build_app(args: dict) -> Application:
-    """Serve entry point: ``serve_apps.server:build_app`` with :class:`ServerArgs`."""
-    parsed = ServerArgs.model_validate(args)
-    return Server.options(name="maas-server",
-                          ray_actor_options={"num_cpus": parsed.num_cpus}).bind(parsed)
+def build_app(args: ServerArgs) -> Application:
+    """Serve entry point: ``serve_apps.server:build_app``; Serve validates the config's
+    ``args`` into :class:`maas.app_args.ServerArgs`."""
+    return Server.options(name=SERVER_APP,
+                          ray_actor_options={"num_cpus": args.num_cpus}).bind(args)

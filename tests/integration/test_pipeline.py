@@ -1,13 +1,16 @@
 """train -> export -> serve -> infer on a real local Ray cluster, then the served API itself."""
 
+import re
+
 import numpy as np
 import pytest
 import requests
 
 from maas.data import load_splits
-from maas.export import ort_session
+from maas.runtime import ort_session
 from maas.registry import Registry, config_hash
-from maas.serving import model_app_name, wait_for_version
+from serve_apps.deploy import wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +25,7 @@ def report(deploy_cfg):
     (result,) = run_pipeline(deploy_cfg)
     yield result
     serve.delete(model_app_name("digits"))
-    serve.delete("maas")
+    serve.delete(SERVER_APP)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,29 @@ def test_health_and_metadata(report, base):
     assert meta.status_code == 200
     assert meta.json()["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
     assert requests.get(f"{base}/v2/models/digits/ready", timeout=10).status_code == 200
+
+
+def test_one_server_document_and_a_docs_page_at_the_root(report, base):
+    document = requests.get(f"{base}/openapi.json", timeout=10).json()
+    paths = set(document["paths"])
+    assert {"/", "/v2", "/v2/health/ready", "/v2/catalog", "/v2/models/digits",
+            "/v2/models/digits/infer", "/v2/models/digits/versions/{version}/infer"} <= paths
+    operation_ids = [op["operationId"] for ops in document["paths"].values()
+                     for op in ops.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+    # Swagger UI, with its script served by the app itself (no CDN is reachable here).
+    page = requests.get(f"{base}/docs", timeout=10)
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    script = re.search(r"src=['\"]([^'\"]+swagger-ui-bundle\.js)['\"]", page.text).group(1)
+    asset = requests.get(f"{base}{script}", timeout=10)
+    assert asset.status_code == 200 and len(asset.content) > 100_000
+    home = requests.get(f"{base}/", timeout=10).json()
+    assert home["docs"] == "/docs" and home["catalog"] == "/v2/catalog"
+    assert home["models"] == {"digits": "/v2/models/digits/infer"}
+    html = requests.get(f"{base}/", headers={"Accept": "text/html"}, timeout=10)
+    assert html.headers["content-type"].startswith("text/html") and 'href="/docs"' in html.text
+    # Every app keeps its own document too.
+    assert requests.get(f"{base}/v2/models/digits/openapi.json", timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("body, status, fragment", [

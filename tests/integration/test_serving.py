@@ -13,9 +13,10 @@ import requests
 
 from tests.conftest import register_versions
 from maas.config import ModelConfig
-from maas.export import ort_session
+from maas.runtime import ort_session
 from maas.registry import CANARY
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 
 pytestmark = pytest.mark.integration
 NAME = "served"
@@ -40,7 +41,7 @@ def served(deploy_cfg, tmp_path_factory):
     yield {"registry": registry, "splits": splits, "sessions": sessions, "folder": folder,
            "base": f"http://127.0.0.1:{deploy_cfg.cluster.http_port}"}
     serve.delete(model_app_name(NAME))
-    serve.delete("maas")
+    serve.delete(SERVER_APP)
 
 
 def _body(rows: np.ndarray, **extra) -> dict:

@@ -10,11 +10,12 @@ CASES_PER_OPERATION = 200  # the infer routes get them all; routes with few inpu
 
 def fuzz_document(base: str, outcomes: Counter, failures: list[str],
                   headers: dict[str, str] | None = None,
-                  cases: int = CASES_PER_OPERATION, prepare=None) -> None:
-    """Every operation of the document at ``base``/openapi.json, positive and negative cases,
-    sent with ``headers``; statuses are counted into ``outcomes``, findings into ``failures``.
-    ``prepare(case)``, when given, may edit each case before it is sent (e.g. to name a model
-    that exists, which no generator could guess)."""
+                  cases: int = CASES_PER_OPERATION, prepare=None, tag: str | None = None) -> None:
+    """Every operation of the document at ``base``/openapi.json (those tagged ``tag``, when
+    given), positive and negative cases, sent with ``headers``; statuses are counted into
+    ``outcomes``, findings into ``failures``. ``prepare(case)``, when given, may edit each
+    case before it is sent (e.g. to name a model that exists, which no generator could
+    guess)."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis.core.failures import FailureGroup
@@ -22,6 +23,8 @@ def fuzz_document(base: str, outcomes: Counter, failures: list[str],
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    if tag is not None:
+        schema = schema.include(tag=tag)
     with requests.Session() as session:
         for result in schema.get_all_operations():
             operation = result.ok()

@@ -12,7 +12,8 @@ import pytest
 import requests
 
 from maas.config import ModelConfig
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 from tests.conftest import register_versions
 from tests.reliability.conftest import rss_growth, serve_rss_mb
 
@@ -84,7 +85,7 @@ def picky(deploy_cfg, tmp_path_factory):
     wait_for_version(deploy_cfg, model, 1)
     yield url
     serve.delete(APP)
-    serve.delete("maas")
+    serve.delete(SERVER_APP)
 
 
 def _answer_if_wrong(url: str, session: requests.Session, case: tuple) -> str | None:

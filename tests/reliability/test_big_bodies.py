@@ -6,7 +6,8 @@ import pytest
 import requests
 
 from maas.config import ModelConfig
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 from tests.conftest import register_versions
 from tests.reliability.conftest import MB, rss_growth, serve_rss_mb
 
@@ -48,7 +49,7 @@ def test_100_mb_bodies_are_refused_and_memory_stays_bounded(deploy_cfg, tmp_path
             "name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]})
     finally:
         serve.delete(APP)
-        serve.delete("maas")
+        serve.delete(SERVER_APP)
 
     growth = {"declared": rss_growth(after_declared, before),
               "chunked": rss_growth(after_chunked, after_declared)}

@@ -40,7 +40,7 @@ def test_usage_writes_survive_kill_9(tmp_path, figures):
     kills, torn = 0, 0
 
     def written() -> int:
-        return sum(r["requests"] for r in store.usage(tenant="a"))
+        return sum(r.requests for r in store.usage(tenant="a"))
 
     for _ in range(5):
         writer = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE,
@@ -53,9 +53,9 @@ def test_usage_writes_survive_kill_9(tmp_path, figures):
         kills += 1
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("PRAGMA integrity_check")).scalar_one() == "ok"
-        counts = {r["tenant"]: r["requests"] for r in store.usage()}
+        counts = {r.tenant: r.requests for r in store.usage()}
         torn += counts.get("a") != counts.get("b")
-    written = store.usage()[0]["requests"]
+    written = store.usage()[0].requests
     figures.append({"test": "kill -9 a usage writer", "fault": "SIGKILL mid-write, 5 times",
                     "load": "one process adding usage in a loop", "sent": written,
                     "failed": torn, "retries": 0, "recovery_s": 0.0,

@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from maas.config import ModelConfig
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 from tests.conftest import register_versions
 from tests.reliability.traffic import Load
 from tests.reliability.training import (assert_resumed_and_met_the_bar, train_through,
@@ -136,7 +137,7 @@ def test_serving_goes_on_when_a_node_is_lost(worker_node, deploy_cfg, tmp_path, 
             load.until(load.sent + 1000)
     finally:
         serve.delete(APP)
-        serve.delete("maas")
+        serve.delete(SERVER_APP)
     figures.append(load.row("lose a worker node while serving",
                             "SIGKILL every process of the node holding 1 of 2 replicas", recovery,
                             f"; node declared dead after {detected:.0f} s"))

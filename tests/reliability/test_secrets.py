@@ -9,7 +9,8 @@ import requests
 
 from maas.access import AccessStore, onboard
 from maas.config import DeployConfig
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 from tests.conftest import files_containing, register_versions
 
 pytestmark = pytest.mark.reliability
@@ -56,7 +57,7 @@ def test_no_secret_reaches_a_log_or_an_error_body(deploy_cfg, tmp_path_factory, 
         leaks = {s[:6]: files_containing([logs, state], s) for s in secrets}
     finally:
         serve.delete(model_app_name(NAME))
-        serve.delete("maas")
+        serve.delete(SERVER_APP)
     figures.append({"test": "secrets in logs", "fault": "good, wrong, revoked, doubled keys",
                     "load": f"{sent} requests; Ray session logs and state dir searched",
                     "sent": sent, "failed": sum(len(v) for v in leaks.values()), "retries": 0,

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from maas.config import ModelConfig
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 from tests.conftest import register_versions
 from tests.reliability.traffic import Load
 
@@ -47,7 +48,7 @@ def chaos(deploy_cfg, tmp_path_factory):
            "body": {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                                 "data": x.tolist()}]}}
     serve.delete(APP)
-    serve.delete("maas")
+    serve.delete(SERVER_APP)
 
 
 def _recover(pids_before: list[int], class_name: str, want: int, timeout_s: float) -> float:

@@ -10,7 +10,8 @@ import requests
 
 from maas.config import ModelConfig
 from maas.registry import IntegrityError
-from maas.serving import deploy_model, model_app_name, wait_for_version
+from serve_apps.deploy import deploy_model, wait_for_version
+from maas.routes import SERVER_APP, model_app_name
 from tests.conftest import register_versions
 
 pytestmark = pytest.mark.reliability
@@ -45,7 +46,7 @@ def test_a_tampered_artifact_is_refused_while_production_serves(deploy_cfg, tmp_
         production = requests.post(url, json=body, timeout=30)
     finally:
         serve.delete(APP)
-        serve.delete("maas")
+        serve.delete(SERVER_APP)
 
     checks = {
         "infer on the tampered version is 503 naming both hashes":

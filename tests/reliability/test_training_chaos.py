@@ -15,6 +15,7 @@ import yaml
 
 from jobs.train import run_training
 from maas.config import parse_config
+from maas.routes import SERVER_APP
 from maas.data import load_splits
 from tests.reliability.training import (MLP, assert_resumed_and_met_the_bar,
                                         latest_checkpoint_epoch, train_through, train_workers,
@@ -84,7 +85,7 @@ def test_killed_driver_resumes_by_run_name(serve_port, tmp_path, figures):
         assert run.info.status == "FINISHED"
     finally:
         serve.delete("model-digits")
-        serve.delete("maas")
+        serve.delete(SERVER_APP)
 
 
 def test_a_torn_ray_snapshot_still_resumes_from_the_newest_checkpoint(serve_port, tmp_path):

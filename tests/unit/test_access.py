@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from maas.access import (AccessError, AccessStore, Quota, parse_quota, parse_rate, period_bounds,
                          publish_agreements, split_key)
 from maas.cli import app
-from maas.cli_access import parse_since
+from maas.cli.usage import parse_since
 from maas.config import AgreementConfig, DataUsageConfig, ModelConfig, parse_config
 from maas.limits import Buckets, lease_size
 from maas.payloads import PayloadLog, mask_text, redact
@@ -116,7 +116,7 @@ def test_usage_adds_up_and_only_admitted_requests_use_the_quota(store):
     store.add_usage({(minute, "acme", "k1", "digits", "1", 200): [2, 20, 4.0],
                      (minute, "beta", "k2", "digits", "1", 400): [1, 0, 1.0]})
     rows = store.usage(tenant="acme")
-    assert [(r["status"], r["requests"], r["rows"], r["mean_latency_ms"]) for r in rows] == \
+    assert [(r.status, r.requests, r.rows, r.mean_latency_ms) for r in rows] == \
         [(200, 5, 50, 2.0), (429, 5, 0, 0.2)]
     assert store.quota_used("k1", minute) == 5
     assert store.usage(since=time.time() + 3600) == []

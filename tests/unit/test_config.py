@@ -76,7 +76,7 @@ def test_defaults_fill_every_section():
          "models[0].pretrained.min_cosine: must be less than or equal to 1"),
         ({"models": [{"name": "m", "source": "pretrained", "pretrained": {"model": "x"},
                       "promotion": {"min_accuracy": 0.9}}]},
-         "its gate is pretrained.min_cosine"),
+         "its promotion check is pretrained.min_cosine"),
     ],
 )
 def test_each_mistake_names_its_key_path(doc, expected):

@@ -6,7 +6,8 @@ import torch
 
 from maas.config import DataConfig, ExportConfig, ModelArchConfig
 from maas.data import load_splits
-from maas.export import check_parity, export_onnx, ort_session
+from maas.export import check_parity, export_onnx
+from maas.runtime import ort_session
 from maas.models import model_for
 
 pytestmark = pytest.mark.unit

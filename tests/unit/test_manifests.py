@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from maas.cli import app
 from maas.config import load_config
-from maas.serving import serve_config
+from maas.serve_config import serve_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -31,9 +31,10 @@ def test_generated_serve_config_passes_rays_own_schema():
     generated = serve_config(load_config(REPO / "deploy.yaml"))
     schema = ServeDeploySchema.model_validate(generated)
     names = [a.name for a in schema.applications]
-    assert names == ["maas", "model-digits", "model-digits-cnn", "model-minilm", "maas-openai"]
+    assert names == ["maas-server", "model-digits", "model-digits-cnn", "model-minilm",
+                     "maas-openai"]
     prefixes = [a.route_prefix for a in schema.applications]
-    assert prefixes == ["/v2", "/v2/models/digits", "/v2/models/digits-cnn",
+    assert prefixes == ["/", "/v2/models/digits", "/v2/models/digits-cnn",
                         "/v2/models/minilm", "/v1"]
 
 

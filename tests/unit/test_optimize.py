@@ -85,7 +85,7 @@ def test_variants_need_a_classifier_and_structured_pruning_an_mlp():
 def test_distillation_loss_blends_soft_targets_and_labels():
     import torch
 
-    from jobs.train import distillation_loss
+    from jobs.train_loop import distillation_loss
     from maas.config import DistillConfig
 
     student = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])

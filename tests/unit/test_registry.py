@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from maas import crypto
 from maas.cli import app
 from maas.config import PromotionConfig, load_config
-from maas.export import ort_session
-from maas.registry import IntegrityError, Registry, RegistryError, gate, sha256_bytes
+from maas.runtime import ort_session
+from maas.registry import (IntegrityError, Registry, RegistryError, check_promotion,
+                           sha256_bytes)
 
 pytestmark = pytest.mark.unit
 KEY_ENV = "MAAS_TEST_MODEL_KEY"
@@ -239,13 +240,13 @@ def test_promote_and_rollback_walk_the_production_history(store):
         registry.get("nope")
 
 
-def test_the_promotion_gate(store):
+def test_the_promotion_check(store):
     candidate = _register(store, "gated", accuracy=0.95)
     production = _register(store, "gated", accuracy=0.97)
-    assert gate(PromotionConfig(), candidate, None).passed
-    assert not gate(PromotionConfig(), candidate, production).passed  # 2 points worse
-    assert gate(PromotionConfig(max_regression=0.05), candidate, production).passed
-    refused = gate(PromotionConfig(min_accuracy=0.96), candidate, None)
+    assert check_promotion(PromotionConfig(), candidate, None).passed
+    assert not check_promotion(PromotionConfig(), candidate, production).passed  # 2 points worse
+    assert check_promotion(PromotionConfig(max_regression=0.05), candidate, production).passed
+    refused = check_promotion(PromotionConfig(min_accuracy=0.96), candidate, None)
     assert not refused.passed and "promotion.min_accuracy 0.96" in refused.reason
 
 

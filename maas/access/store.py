@@ -12,238 +12,23 @@ hash would add latency to every request without making a guess any less hopeless
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from maas.config import TENANT_PATTERN, AgreementConfig
+from maas.access.records import (KEY_PREFIX, Acceptance, AccessError, Agreement, KeyRecord,
+                                 Quota, UsageRow, key_digest, terms_digest)
+from maas.access.tables import (UsageKey, acceptances, agreements, api_keys, engine, tenants,
+                                usage)
+from maas.config import TENANT_PATTERN, AgreementConfig, ModelConfig
 
-KEY_PREFIX = "maas_"
-ALL_MODELS = "*"
-PERIODS = {"minute": 60, "hour": 3600, "day": 86400, "month": None}  # month: calendar month
-RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
-              "h": 3600.0, "hour": 3600.0}
 # Requests refused before they reach a model use no quota (nor does the quota count them).
 UNCOUNTED_STATUSES = (401, 403, 429)
-
-
-class AccessError(Exception):
-    """A store operation that cannot be done; the message says why and what to do."""
-
-
-# ---- limits ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Quota:
-    limit: int
-    period: str  # a key of PERIODS
-
-    def __str__(self) -> str:
-        return f"{self.limit} requests/{self.period}"
-
-
-def parse_rate(text: str) -> float:
-    """``50/s``, ``3000/min``, ``100/hour`` -> requests per second."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*", text or "")
-    if not match or match.group(2) not in RATE_UNITS or float(match.group(1)) <= 0:
-        raise ValueError(f"rate {text!r}: write it as N/s, N/min or N/hour with N > 0, "
-                         f"e.g. 50/s")
-    return float(match.group(1)) / RATE_UNITS[match.group(2)]
-
-
-def parse_quota(text: str) -> Quota:
-    """``100000/day`` -> Quota(100000, 'day'); periods: minute, hour, day, month (UTC)."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*([a-z]+)\s*", text or "")
-    if not match or match.group(2) not in PERIODS or int(match.group(1)) < 1:
-        raise ValueError(f"quota {text!r}: write it as N/minute, N/hour, N/day or N/month with "
-                         f"a whole N >= 1, e.g. 100000/day")
-    return Quota(int(match.group(1)), match.group(2))
-
-
-def period_bounds(period: str, now: float) -> tuple[float, float]:
-    """The UTC calendar window of ``period`` holding ``now``: (start, end) epoch seconds."""
-    length = PERIODS[period]
-    if length is not None:
-        start = math.floor(now / length) * length
-        return float(start), float(start + length)
-    day = datetime.fromtimestamp(now, timezone.utc)
-    start = datetime(day.year, day.month, 1, tzinfo=timezone.utc)
-    end = datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=timezone.utc)
-    return start.timestamp(), end.timestamp()
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---- keys -----------------------------------------------------------------------------------
-
-def _digest(salt: str, secret: str) -> str:
-    return hashlib.sha256(f"{salt}:{secret}".encode()).hexdigest()
-
-
-def split_key(key: str) -> tuple[str, str] | None:
-    """``maas_<id>_<secret>`` -> (id, secret); None for anything else."""
-    if not key.startswith(KEY_PREFIX):
-        return None
-    key_id, sep, secret = key[len(KEY_PREFIX):].partition("_")
-    if not sep or len(key_id) != 12 or len(secret) < 32:
-        return None
-    return key_id, secret
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    """A key as stored: everything but the key itself."""
-
-    key_id: str
-    tenant: str
-    models: tuple[str, ...]
-    rate: float | None  # requests per second
-    burst: int | None
-    quota: Quota | None
-    salt: str
-    key_hash: str
-    created_at: float
-    created_by: str
-    revoked_at: float | None
-
-    def verifies(self, secret: str) -> bool:
-        return hmac.compare_digest(_digest(self.salt, secret), self.key_hash)
-
-    def allows(self, model: str) -> bool:
-        return ALL_MODELS in self.models or model in self.models
-
-    @property
-    def capacity(self) -> int:
-        """Requests a key may send at once after an idle spell: ``burst``, else a fifth of a
-        second's worth (so that 20/s for 10 s lets through about 200, not 220)."""
-        if self.rate is None:
-            return 0
-        return self.burst if self.burst is not None else max(1, math.ceil(self.rate / 5))
-
-    def public(self) -> dict[str, Any]:
-        return {"key_id": self.key_id, "prefix": f"{KEY_PREFIX}{self.key_id}_", "tenant": self.tenant,
-                "models": list(self.models), "rate_per_s": self.rate, "burst": self.capacity or None,
-                "quota": str(self.quota) if self.quota else None,
-                "created_at": iso(self.created_at), "created_by": self.created_by,
-                "revoked_at": iso(self.revoked_at)}
-
-
-@dataclass(frozen=True)
-class Agreement:
-    model: str
-    version: int
-    terms: dict[str, Any]
-    digest: str
-    published_at: float
-
-    def public(self) -> dict[str, Any]:
-        return {"model": self.model, "version": self.version, "terms": self.terms,
-                "published_at": iso(self.published_at)}
-
-
-@dataclass(frozen=True)
-class Acceptance:
-    tenant: str
-    model: str
-    version: int
-    accepted_at: float
-    accepted_by: str
-    log_payloads: bool  # the tenant's own choice; the terms must also allow it
-
-    def public(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "model": self.model, "version": self.version,
-                "accepted_at": iso(self.accepted_at), "accepted_by": self.accepted_by,
-                "log_payloads": self.log_payloads}
-
-
-def terms_digest(terms: AgreementConfig) -> str:
-    canonical = json.dumps(terms.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-# ---- the database ---------------------------------------------------------------------------
-
-meta = sa.MetaData()
-tenants = sa.Table(
-    "maas_tenants", meta,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("created_at", sa.Float, nullable=False))
-api_keys = sa.Table(
-    "maas_api_keys", meta,
-    sa.Column("key_id", sa.String(12), primary_key=True),
-    sa.Column("tenant", sa.String(64), sa.ForeignKey("maas_tenants.name"), nullable=False),
-    sa.Column("models", sa.Text, nullable=False),  # JSON list
-    sa.Column("rate", sa.Float), sa.Column("burst", sa.Integer),
-    sa.Column("quota", sa.Integer), sa.Column("quota_period", sa.String(8)),
-    sa.Column("salt", sa.String(32), nullable=False),
-    sa.Column("key_hash", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("created_by", sa.String(200), nullable=False),
-    sa.Column("revoked_at", sa.Float))
-agreements = sa.Table(
-    "maas_agreements", meta,
-    sa.Column("model", sa.String(64), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("terms", sa.Text, nullable=False),  # JSON of AgreementConfig
-    sa.Column("digest", sa.String(64), nullable=False),
-    sa.Column("published_at", sa.Float, nullable=False))
-acceptances = sa.Table(
-    "maas_acceptances", meta,
-    sa.Column("tenant", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(64), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("accepted_at", sa.Float, nullable=False),
-    sa.Column("accepted_by", sa.String(200), nullable=False),
-    sa.Column("log_payloads", sa.Boolean, nullable=False))
-usage = sa.Table(  # one row per minute, tenant, key, model, version and status
-    "maas_usage", meta,
-    sa.Column("minute", sa.Integer, primary_key=True),  # epoch seconds of the minute's start
-    sa.Column("tenant", sa.String(64), primary_key=True),
-    sa.Column("key_id", sa.String(12), primary_key=True),
-    sa.Column("model", sa.String(64), primary_key=True),
-    sa.Column("version", sa.String(16), primary_key=True),
-    sa.Column("status", sa.Integer, primary_key=True),
-    sa.Column("requests", sa.Integer, nullable=False),
-    sa.Column("rows", sa.Integer, nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False))  # summed: mean = latency_ms / requests
-
-UsageKey = tuple[int, str, str, str, str, int]  # minute, tenant, key_id, model, version, status
-
-
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    # WAL: replicas write usage while the CLI and other replicas read, without blocking them.
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-@lru_cache(maxsize=8)
-def _engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite:///"):
-        from pathlib import Path
-
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
-    meta.create_all(engine)  # idempotent: every table is created if missing
-    return engine
 
 
 def _key_record(row: Any) -> KeyRecord:
@@ -256,7 +41,8 @@ def _key_record(row: Any) -> KeyRecord:
 
 
 def _agreement(row: Any) -> Agreement:
-    return Agreement(row.model, row.version, json.loads(row.terms), row.digest, row.published_at)
+    return Agreement(row.model, row.version, AgreementConfig.model_validate_json(row.terms),
+                     row.digest, row.published_at)
 
 
 def _acceptance(row: Any) -> Acceptance:
@@ -270,7 +56,7 @@ class AccessStore:
     def __init__(self, url: str):
         self.url = url
         try:
-            self.engine = _engine(url)
+            self.engine = engine(url)
         except sa.exc.SQLAlchemyError as exc:
             raise AccessError(f"access.store {url!r} cannot be opened: {exc}; set access.store "
                               f"to a reachable SQLAlchemy URL") from None
@@ -294,7 +80,7 @@ class AccessStore:
         row = {"key_id": key_id, "tenant": tenant, "models": json.dumps(scope), "rate": rate,
                "burst": burst, "quota": quota.limit if quota else None,
                "quota_period": quota.period if quota else None, "salt": salt,
-               "key_hash": _digest(salt, secret), "created_at": now, "created_by": created_by,
+               "key_hash": key_digest(salt, secret), "created_at": now, "created_by": created_by,
                "revoked_at": None}
         with self.engine.begin() as conn:
             exists = conn.execute(sa.select(tenants.c.name).where(tenants.c.name == tenant)).first()
@@ -425,15 +211,13 @@ class AccessStore:
                         latency_ms=ms))
 
     def usage(self, tenant: str | None = None, model: str | None = None,
-              since: float | None = None) -> list[dict[str, Any]]:
+              since: float | None = None) -> list[UsageRow]:
         """Usage summed per tenant, model, version and status."""
-        query = sa.select(usage.c.tenant, usage.c.model, usage.c.version, usage.c.status,
-                          sa.func.sum(usage.c.requests).label("requests"),
+        columns = (usage.c.tenant, usage.c.model, usage.c.version, usage.c.status)
+        query = sa.select(*columns, sa.func.sum(usage.c.requests).label("requests"),
                           sa.func.sum(usage.c.rows).label("rows"),
                           sa.func.sum(usage.c.latency_ms).label("latency_ms")
-                          ).group_by(usage.c.tenant, usage.c.model, usage.c.version,
-                                     usage.c.status).order_by(usage.c.tenant, usage.c.model,
-                                                              usage.c.version, usage.c.status)
+                          ).group_by(*columns).order_by(*columns)
         if tenant is not None:
             query = query.where(usage.c.tenant == tenant)
         if model is not None:
@@ -441,9 +225,8 @@ class AccessStore:
         if since is not None:
             query = query.where(usage.c.minute >= math.floor(since / 60) * 60)
         with self.engine.connect() as conn:
-            return [{"tenant": r.tenant, "model": r.model, "version": r.version,
-                     "status": r.status, "requests": int(r.requests), "rows": int(r.rows),
-                     "mean_latency_ms": round(r.latency_ms / r.requests, 3) if r.requests else 0}
+            return [UsageRow(r.tenant, r.model, r.version, r.status, int(r.requests), int(r.rows),
+                             round(r.latency_ms / r.requests, 3) if r.requests else 0.0)
                     for r in conn.execute(query)]
 
     def quota_used(self, key_id: str, since: float) -> int:
@@ -455,19 +238,18 @@ class AccessStore:
             return int(conn.execute(query).scalar_one())
 
 
-# ---- what the CLI and the pipeline do with a deploy.yaml ----------------------------------
-
-def publish_agreements(store: AccessStore, models: Iterable[Any]) -> list[tuple[Agreement, bool]]:
-    """Publish the agreement of every model (``ModelConfig``) that declares one: (agreement,
+def publish_agreements(store: AccessStore, models: Iterable[ModelConfig]
+                       ) -> list[tuple[Agreement, bool]]:
+    """Publish the agreement of every model that declares one: (agreement,
     whether it is a new version) each. deploy.yaml is where terms are written; the store keeps
     every version that was ever published, and who accepted which."""
     return [store.publish(m.name, m.agreement) for m in models if m.agreement is not None]
 
 
-def onboard(store: AccessStore, models: list[Any], tenant: str, accepted_by: str,
+def onboard(store: AccessStore, models: list[ModelConfig], tenant: str, accepted_by: str,
             log_payloads: bool = False, rate: float | None = None, quota: Quota | None = None
             ) -> tuple[str, KeyRecord, list[Acceptance]]:
-    """A key for ``tenant`` scoped to ``models`` (ModelConfig), with each model's current
+    """A key for ``tenant`` scoped to ``models``, with each model's current
     agreement accepted by ``accepted_by``: (key, its record, the acceptances)."""
     published = publish_agreements(store, models)
     key, record = store.create_key(tenant, [m.name for m in models], rate=rate, quota=quota,

@@ -1,0 +1,101 @@
+"""Training progress: logged per epoch from the Ray Train controller, shown on the driver.
+
+:class:`EpochProgress` runs in the controller actor and writes every epoch's metrics to the
+model's MLflow run. :class:`TrainingBar` runs on the driver and draws a progress bar from those
+same metrics, so the bar needs no extra actor or channel, and shows what MLflow records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import ray.train
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from maas.report import wide
+
+SHOWN = ("train_loss", "val_loss", "val_accuracy")
+
+
+class EpochProgress(ray.train.UserCallback):
+    """Logs every epoch's metrics (rank 0's) to the MLflow run of this pipeline, and prints a
+    line to the controller's log (the Ray dashboard shows it; ``--verbose`` streams it)."""
+
+    def __init__(self, model_name: str, epochs: int, tracking_uri: str, mlflow_run_id: str):
+        self.model_name = model_name
+        self.epochs = epochs
+        self.tracking_uri = tracking_uri
+        self.mlflow_run_id = mlflow_run_id
+        self._client = None  # created in the controller process, on the first report
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        rank0 = metrics[0]
+        epoch = int(rank0["epoch"])
+        shown = " ".join(f"{k} {rank0[k]:.4f}" for k in SHOWN if k in rank0)
+        resumed = (f" (resumed from epoch {int(rank0['restored_from_epoch']) + 1})"
+                   if rank0["restored_from_epoch"] >= 0 else "")
+        print(f"[train {self.model_name}] epoch {epoch + 1}/{self.epochs} {shown} "
+              f"{rank0['samples_per_s']:.0f} samples/s{resumed}", flush=True)
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        now = int(time.time() * 1000)
+        self._client.log_batch(self.mlflow_run_id, metrics=[
+            Metric(key, float(value), now, epoch) for key, value in rank0.items()
+            if key != "epoch"])
+
+
+class TrainingBar:
+    """A progress bar of one training run: epochs done, the latest losses and accuracy, and
+    samples/s, polled from the run's MLflow metrics every POLL_S seconds."""
+
+    POLL_S = 0.5
+
+    def __init__(self, console: Console, tracking_uri: str, run_id: str, label: str,
+                 epochs: int):
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._run_id = run_id
+        self._progress = Progress(TextColumn("  [bold cyan][1/4][/] train {task.description}"),
+                                  BarColumn(bar_width=24), MofNCompleteColumn(),
+                                  TextColumn("epochs {task.fields[shown]}"),
+                                  TimeElapsedColumn(), console=wide(console))
+        self._task = self._progress.add_task(label, total=epochs, shown="")
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="maas-training-bar", daemon=True)
+
+    def __enter__(self) -> TrainingBar:
+        self._progress.start()
+        self._poller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._poller.join()
+        self._update()
+        self._progress.stop()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            self._update()
+
+    def _update(self) -> None:
+        try:
+            latest = self._client.get_run(self._run_id).data.metrics
+            history = self._client.get_metric_history(self._run_id, "train_loss")
+        except Exception:  # noqa: BLE001 - the tracking store is busy: try at the next poll
+            return
+        if not history:
+            return
+        shown = [f"{k} {latest[k]:.4f}" for k in SHOWN if k in latest]
+        if "samples_per_s" in latest:
+            shown.append(f"{latest['samples_per_s']:.0f} samples/s")
+        self._progress.update(self._task, completed=max(m.step for m in history) + 1,
+                              shown=" · ".join(shown))

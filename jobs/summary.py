@@ -1,0 +1,76 @@
+"""The end of a pipeline run: a table of what is served and how to call it, or the same as
+one JSON document (``--json``) for scripts."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pydantic import BaseModel
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from jobs.stages import ModelReport, embedding_body, oip_body
+from maas.config import DeployConfig
+from maas.report import print_wide
+from maas.routes import embeddings_route
+from maas.text import KIND as TEXT_KIND
+
+
+class RunSummary(BaseModel):
+    """What ``python -m jobs.pipeline --json`` prints (one line of JSON)."""
+
+    run: str  # the run name: `--run-name` resumes it
+    cluster: str  # how this process reached Ray: remote, local, embedded, attached
+    ray_address: str
+    dashboard: str | None
+    tracking_uri: str
+    log: str | None  # where Ray's and the libraries' output went (None with --verbose)
+    models: list[ModelReport]
+
+
+def _metric(report: ModelReport) -> str:
+    return ", ".join(f"{k.removeprefix('held_out_').replace('_', ' ')} {v:.4f}"
+                     for k, v in report.held_out.items() if k != "held_out_loss")
+
+
+def _curls(cfg: DeployConfig, report: ModelReport) -> list[str]:
+    auth = '-H "Authorization: Bearer $MAAS_API_KEY" ' if cfg.access.enabled else ""
+    text = report.kind == TEXT_KIND
+    body = (embedding_body([report.example]) if text else oip_body(report.example))
+    body = body.model_copy(update={"id": None})  # the smoke request's id means nothing here
+    lines = [f"curl -s -X POST {report.endpoint} {auth}-H 'Content-Type: application/json' "
+             f"-d {shlex.quote(body.model_dump_json(exclude_none=True))}"]
+    if text:
+        openai = json.dumps({"model": report.name, "input": [report.example]})
+        lines.append(f"curl -s -X POST {cfg.cluster.base_url}{embeddings_route()} {auth}"
+                     f"-H 'Content-Type: application/json' -d {shlex.quote(openai)}")
+    return lines
+
+
+def print_summary(console: Console, cfg: DeployConfig, summary: RunSummary) -> None:
+    """What is served now, with a curl command per model."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="served",
+                  title_justify="left")
+    for column in ("model", "version", "variant", "held-out"):
+        table.add_column(column)
+    table.add_column("endpoint", overflow="fold")  # a URL is wrapped, never cut short
+    for r in summary.models:
+        table.add_row(r.name, str(r.served_version or "-"), r.variant, _metric(r),
+                      r.endpoint or "-")
+    print_wide(console, table)
+    if cfg.access.enabled:
+        console.print("Try it (a key: `maas quickstart`, or `maas keys create`):",
+                      highlight=False)
+    for report in summary.models:
+        if report.endpoint is not None:
+            for line in _curls(cfg, report):
+                console.print(f"  {line}", markup=False, highlight=False)
+    base = cfg.cluster.base_url
+    console.print(f"API docs {base}/docs · health {base}/v2/health/ready · dashboard "
+                  f"{summary.dashboard or 'not running'} · MLflow {summary.tracking_uri} · "
+                  f"resume with --run-name {summary.run}", markup=False, highlight=False)
+    if summary.cluster == "embedded":
+        console.print("[yellow]Ray ran embedded in this process: the endpoints stop when it "
+                      "exits. Run `maas up` first to keep serving.[/]")

@@ -1,0 +1,17 @@
+"""Who may use which model, on which terms, how much: the access store and its records.
+
+``records`` holds the values (keys, agreements, acceptances, usage rows, rate and quota
+notation), ``tables`` the database schema, ``store`` the reads and atomic writes. The serve
+apps enforce what is stored here (``serve_apps.gate``); the CLI manages it (``maas keys``,
+``maas agreements``, ``maas usage``).
+"""
+
+from maas.access.records import (ALL_MODELS, ANONYMOUS, KEY_PREFIX, PERIODS, Acceptance, AccessError,
+                                 Agreement, KeyRecord, Quota, Refusal, UsageRow, iso, parse_quota,
+                                 parse_rate, period_bounds, split_key, terms_digest)
+from maas.access.store import UNCOUNTED_STATUSES, AccessStore, onboard, publish_agreements
+
+__all__ = ["ALL_MODELS", "ANONYMOUS", "Refusal", "KEY_PREFIX", "PERIODS", "Acceptance", "AccessError", "Agreement",
+           "KeyRecord", "Quota", "UsageRow", "iso", "parse_quota", "parse_rate", "period_bounds",
+           "split_key", "terms_digest", "UNCOUNTED_STATUSES", "AccessStore", "onboard",
+           "publish_agreements"]

@@ -1,0 +1,140 @@
+"""The typed arguments of every serve app, and the one function per app that builds them from
+``deploy.yaml``.
+
+The serve config (``maas serve-config``, KubeRay's ``serveConfigV2``) carries these as each
+application's ``args``; Serve validates them into the builder's annotated type
+(``build_app(args: InferenceArgs)``), and the pipeline passes the same objects directly. A
+model's ``serve`` section travels as it is written in deploy.yaml: nothing is renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import maas
+from maas.catalog import CatalogEntry, entries
+from maas.config import (ENV_NAME_PATTERN, AgreementConfig, DeployConfig, ModelConfig,
+                         ServeConfig, access_store_uri, expand_state_dir, sqlite_uri)
+from maas.registry import Registry
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AccessArgs(Args):
+    """The ``access`` section as the serve apps receive it (null: access is off)."""
+
+    state_dir: str = Field(description="the maas state directory; '~' is expanded on the replica")
+    store: str | None = Field(None, description="SQLAlchemy URL; null: sqlite under state_dir")
+    refresh_s: float = Field(2.0, gt=0, description="access.refresh_s")
+    usage_flush_s: float = Field(1.0, gt=0, description="access.usage_flush_s")
+    payload_dir: str | None = Field(None, description="access.payload_dir")
+
+    def url(self) -> str:
+        return access_store_uri(self.store, self.state_dir)
+
+    def payload_folder(self) -> Path:
+        if self.payload_dir:
+            return expand_state_dir(self.payload_dir)
+        return expand_state_dir(self.state_dir) / "payloads"
+
+
+class ReplicaArgs(Args):
+    """What every serve app is told: where the state and the registry are, and access."""
+
+    state_dir: str = Field(description="the maas state directory; '~' is expanded on the replica")
+    registry_uri: str | None = Field(
+        None, description="MLflow registry URI; null: the SQLite database under state_dir")
+    key_env: str = Field("MAAS_MODEL_KEY", pattern=ENV_NAME_PATTERN,
+                         description="environment variable with the key of encrypted models")
+    access: AccessArgs | None = Field(None, description="null: no keys needed (access off)")
+
+    def registry(self) -> Registry:
+        return Registry(self.registry_uri or sqlite_uri(expand_state_dir(self.state_dir)),
+                        key_env=self.key_env)
+
+    def digest(self) -> str:
+        """These settings and this maas release, hashed: what a deploy compares to decide
+        whether the running replicas can stay (serve_apps.deploy)."""
+        text = f"{maas.__version__}\n{self.model_dump_json()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class InferenceArgs(ReplicaArgs):
+    """``serve_apps.inference``: one model's Open Inference Protocol app."""
+
+    name: str = Field(description="the model's name")
+    version: int | None = Field(
+        None, ge=1, description="pin the unversioned routes to this version; null: follow aliases")
+    serve: ServeConfig = Field(default_factory=ServeConfig,
+                               description="the model's serve section, as in deploy.yaml")
+    agreement: AgreementConfig | None = Field(None, description="the model's terms of use")
+
+
+class ServerArgs(ReplicaArgs):
+    """``serve_apps.server``: health, metadata, the catalog and the API docs."""
+
+    state_dir: str = Field("~/.maas", description="the maas state directory")
+    num_cpus: float = Field(0.1, gt=0, description="CPUs Ray reserves for its replica")
+    catalog: list[CatalogEntry] = Field(default_factory=list,
+                                        description="every model's catalog section")
+    embedding_models: list[str] = Field(
+        default_factory=list, description="the models also served at /v1 (documented there)")
+    dashboard_url: str | None = Field(None, description="shown on the home page")
+
+
+class EmbeddingsArgs(ReplicaArgs):
+    """``serve_apps.embeddings``: the OpenAI-compatible ``/v1`` app."""
+
+    models: dict[str, int] = Field(description="embedding model name -> its serve.max_rows")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger bodies get 413")
+    body_timeout_s: float = Field(10.0, gt=0, description="slower bodies get 408")
+    num_cpus: float = Field(0.1, gt=0, description="CPUs Ray reserves for its replica")
+    access_log: bool = Field(False, description="Serve's per-request access log lines")
+
+
+def access_args(cfg: DeployConfig) -> AccessArgs | None:
+    """The serve apps' ``access`` (None: access is off, every route is open)."""
+    if not cfg.access.enabled:
+        return None
+    return AccessArgs(state_dir=cfg.state_dir, **cfg.access.model_dump(exclude={"enabled"}))
+
+
+def _replica(cfg: DeployConfig) -> dict[str, object]:
+    # state_dir unexpanded on purpose: '~' resolves on the replica's machine, so the same
+    # serve config works from a laptop, a `ray up` head or a KubeRay pod.
+    return {"state_dir": cfg.state_dir, "registry_uri": cfg.registry.uri or cfg.tracking.uri,
+            "key_env": cfg.registry.key_env, "access": access_args(cfg)}
+
+
+def inference_args(cfg: DeployConfig, model: ModelConfig, version: int | None = None
+                   ) -> InferenceArgs:
+    """``model``'s app; ``version`` None (the default): replicas follow the registry's
+    ``production`` and ``canary`` aliases."""
+    return InferenceArgs(**_replica(cfg), name=model.name, version=version, serve=model.serve,
+                         agreement=model.agreement)
+
+
+def server_args(cfg: DeployConfig) -> ServerArgs:
+    """The server app: the catalog of every model, access, and the dashboard's address."""
+    return ServerArgs(**_replica(cfg), catalog=entries(cfg),
+                      embedding_models=[m.name for m in embedding_models(cfg)],
+                      dashboard_url=cfg.cluster.dashboard_url)
+
+
+def embedding_models(cfg: DeployConfig) -> list[ModelConfig]:
+    """The models the OpenAI-compatible embeddings route serves (``source: pretrained``)."""
+    return [m for m in cfg.models if m.source == "pretrained"]
+
+
+def embeddings_args(cfg: DeployConfig) -> EmbeddingsArgs:
+    """The ``/v1`` app: which models it routes to, and the loosest of their body limits."""
+    models = embedding_models(cfg)
+    return EmbeddingsArgs(**_replica(cfg), models={m.name: m.serve.max_rows for m in models},
+                          max_body_bytes=max(m.serve.max_body_bytes for m in models),
+                          body_timeout_s=max(m.serve.body_timeout_s for m in models),
+                          access_log=any(m.serve.access_log for m in models))

@@ -1,0 +1,91 @@
+"""``maas quickstart``: a tenant with a key for every model, each model called once, and
+curl commands that work.
+
+    maas quickstart [--tenant demo]
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import typer
+
+from maas.cli.common import (ConfigOption, access_store, console, deploy_config, fail, guarded,
+                             who)
+from maas.config import DeployConfig, ModelConfig
+from maas.oip import InferenceRequest, InferenceResponse, RequestInput
+from maas.routes import OIP_ROOT, embeddings_route, infer_route
+
+EXAMPLE_TEXT = "How do I reset my password?"
+
+
+def _example_body(model: ModelConfig, base_dir: Path) -> InferenceRequest:
+    """One held-out row of ``model``'s data (a sentence, for an embedder) as an OIP request."""
+    from maas.data import load_splits
+
+    if model.source == "pretrained":
+        tensor = RequestInput(name="text", shape=[1], datatype="BYTES", data=[EXAMPLE_TEXT])
+    else:
+        row = load_splits(model.data, model.train.task, base_dir).x_test[0].tolist()
+        tensor = RequestInput(name="input", shape=[1, len(row)], datatype="FP32",
+                              data=[round(v, 4) for v in row])
+    return InferenceRequest(inputs=[tensor])
+
+
+def _call_each(cfg: DeployConfig, key: str, base_dir: Path) -> None:
+    """One request to every model with the new key; its first answer printed."""
+    import requests
+
+    for model in cfg.models:
+        url = f"{cfg.cluster.base_url}{infer_route(model.name)}"
+        body = _example_body(model, base_dir).model_dump(exclude_none=True)
+        try:
+            reply = requests.post(url, json=body, timeout=30,
+                                  headers={"Authorization": f"Bearer {key}"})
+        except requests.RequestException as exc:
+            raise fail(f"{url}: {exc}; is the model served? `make demo` runs `maas run` first")
+        if reply.status_code != 200:
+            raise fail(f"{url} answered {reply.status_code}: {reply.text[:300]}")
+        outputs = InferenceResponse.model_validate(reply.json()).outputs
+        answer = outputs[0] if model.source == "pretrained" else outputs[-1]  # embedding; label
+        console.print(f"  {model.name}: {answer.name} {answer.data[:4]}", highlight=False)
+
+
+def _print_curls(cfg: DeployConfig, base_dir: Path) -> None:
+    root, auth = cfg.cluster.base_url, '-H "Authorization: Bearer $MAAS_API_KEY"'
+    first = cfg.models[0]
+    data = _example_body(first, base_dir).model_dump_json(exclude_none=True)
+    console.print("Try it:", highlight=False)
+    lines = [f"curl -s -X POST {root}{infer_route(first.name)} {auth} "
+             f"-H 'Content-Type: application/json' -d {shlex.quote(data)}",
+             f"curl -s {root}{OIP_ROOT}/catalog {auth}"]
+    for model in (m for m in cfg.models if m.source == "pretrained"):
+        data = json.dumps({"model": model.name, "input": [EXAMPLE_TEXT]})
+        lines.append(f"curl -s -X POST {root}{embeddings_route()} {auth} "
+                     f"-H 'Content-Type: application/json' -d {shlex.quote(data)}")
+    for line in lines:
+        console.print(f"  {line}", markup=False, highlight=False)
+
+
+def quickstart(tenant: str = typer.Option("demo", "--tenant", "-t"),
+               config: Path = ConfigOption) -> None:
+    """Onboard TENANT: a key for every model, their agreements accepted, each model called
+    once with the key; prints the key and a curl command that works."""
+    from maas.access import onboard
+
+    cfg = deploy_config(config)
+    if not cfg.access.enabled:
+        raise fail("access.enabled is false in deploy.yaml: every route is open, no key needed")
+    store = access_store(cfg)
+    key, record, accepted = guarded(lambda: onboard(store, list(cfg.models), tenant,
+                                                    f"{who()} (maas quickstart)"))
+    console.print(f"tenant {tenant}: key {record.public()['prefix']}... for "
+                  f"{', '.join(record.models)}", highlight=False)
+    for a in accepted:
+        console.print(f"  accepted {a.model}'s agreement version {a.version}", highlight=False)
+    _call_each(cfg, key, config.resolve().parent)
+    console.print(f"\nYour key (shown only now):\n  export MAAS_API_KEY={key}", markup=False,
+                  highlight=False)
+    _print_curls(cfg, config.resolve().parent)

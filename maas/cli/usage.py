@@ -1,0 +1,91 @@
+"""``maas usage`` and ``maas catalog``: metered requests, and the model catalog.
+
+    maas usage [--tenant acme] [--model digits] [--since 24h]
+    maas catalog [--tenant acme]
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.table import Table
+
+from maas.cli.common import (ConfigOption, JsonOption, access_store, deploy_config, echo_json,
+                             parse_option, print_table)
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``30m``, ``24h``, ``7d`` ago, or an ISO date/time (UTC unless it says otherwise)."""
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if match:
+        return now - int(match.group(1)) * {"m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r}: use 30m, 24h, 7d or a date such as 2026-11-01 "
+                         f"(or 2026-11-01T12:00)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def usage(tenant: Optional[str] = typer.Option(None, "--tenant", "-t"),
+          model: Optional[str] = typer.Option(None, "--model", "-m"),
+          since: Optional[str] = typer.Option(None, "--since", help="30m, 24h, 7d or a date"),
+          config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Metered infer requests per tenant, model, version and status (rows, mean latency)."""
+    cfg = deploy_config(config)
+    rows = access_store(cfg, announce=False).usage(tenant, model,
+                                                   parse_option(parse_since, since))
+    if as_json:
+        echo_json([asdict(r) for r in rows])
+        return
+    table = Table(title="usage" + (f" since {since}" if since else ""))
+    for column in ("tenant", "model", "version", "status", "requests", "rows", "mean ms",
+                   "price"):
+        table.add_column(column)
+    prices = {m.name: m.catalog for m in cfg.models}
+    for r in rows:
+        card = prices.get(r.model)
+        price = ("-" if card is None or card.price_per_1k_rows is None or r.status != 200
+                 else f"{r.rows / 1000 * card.price_per_1k_rows:.4f} {card.currency}")
+        table.add_row(r.tenant, r.model, r.version, str(r.status), str(r.requests), str(r.rows),
+                      f"{r.mean_latency_ms:.2f}", price)
+    print_table(table)
+
+
+def catalog(tenant: Optional[str] = typer.Option(None, "--tenant", "-t",
+                                                 help="only what this tenant's keys may use"),
+            config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
+    """The model catalog: each model's card (what GET /v2/catalog answers)."""
+    from maas.catalog import catalog as build, entries
+    from maas.registry import Registry
+
+    cfg = deploy_config(config)
+    store = access_store(cfg, announce=False)
+    visible: Callable[[str], bool] = lambda name: True  # noqa: E731
+    if tenant is not None:
+        live = [k for k in store.keys(tenant) if k.revoked_at is None]
+        visible = lambda name: any(k.allows(name) for k in live)  # noqa: E731
+    cards = build(entries(cfg), Registry.from_config(cfg), store, visible)
+    if as_json:
+        echo_json([c.model_dump(mode="json") for c in cards])
+        return
+    table = Table(title="model catalog")
+    for column in ("model", "description", "signature", "production", "versions", "held-out",
+                   "agreement", "price / 1k rows"):
+        table.add_column(column)
+    for c in cards:
+        signature = " -> ".join(", ".join(f"{t.name}{t.shape}" for t in side)
+                                for side in (c.inputs, c.outputs)) if c.inputs else "-"
+        score = c.metrics.get("held_out_accuracy")
+        table.add_row(c.name, c.description or "-", signature, str(c.production_version or "-"),
+                      ",".join(map(str, c.versions)) or "-",
+                      "-" if score is None else f"acc {score:.4f}",
+                      "-" if c.agreement is None else f"v{c.agreement.version} {c.agreement.license}",
+                      "-" if c.price is None else f"{c.price.per_1k_rows} {c.price.currency}")
+    print_table(table)

@@ -1,0 +1,40 @@
+"""Every Serve application's name and route, defined once.
+
+    /                     the server app: health, metadata and catalog under /v2, the API
+                          docs (/docs, /openapi.json) and a home page at /
+    /v2/models/<name>     one app per model (Open Inference Protocol v2)
+    /v1                   the OpenAI-compatible app, when a text-embedding model is served
+
+Serve routes a request to the app with the longest matching prefix, so the server app at ``/``
+sees only what no other app claims (e.g. ``/v2/models/<a model not served>``).
+"""
+
+from __future__ import annotations
+
+SERVER_APP = "maas-server"  # the server-level app at the root of the URL space
+SERVER_ROUTE = "/"
+OIP_ROOT = "/v2"  # the Open Inference Protocol's prefix: server routes live below it
+MODEL_APP_PREFIX = "model-"  # model apps are found by this prefix (health, docs)
+OPENAI_APP = "maas-openai"  # POST /v1/embeddings, for the text-embedding models
+OPENAI_ROUTE = "/v1"
+# The Serve app the server app had before it moved to "/": a deploy removes it, since it would
+# keep answering /v2/... with the old code.
+LEGACY_SERVER_APP = "maas"
+
+
+def model_app_name(model_name: str) -> str:
+    """The Serve application (and deployment) name of ``model_name``'s app."""
+    return f"{MODEL_APP_PREFIX}{model_name}"
+
+
+def model_route(model_name: str) -> str:
+    """The route prefix of ``model_name``'s app: ``/v2/models/<name>``."""
+    return f"{OIP_ROOT}/models/{model_name}"
+
+
+def infer_route(model_name: str) -> str:
+    return f"{model_route(model_name)}/infer"
+
+
+def embeddings_route() -> str:
+    return f"{OPENAI_ROUTE}/embeddings"

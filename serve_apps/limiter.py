@@ -1,0 +1,147 @@
+"""Rate limits and quotas across replicas: one limiter actor per access store, leased from.
+
+A replica does not ask per request: it leases a few tokens of a key's rate and quota
+(:mod:`maas.limits`) and spends them locally, returning what it did not use with its next ask;
+a busy key's lease is topped up in the background before it runs out.
+"""
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from typing import Any
+
+import ray
+
+from maas.access import AccessStore, KeyRecord, Quota, Refusal, iso
+from maas.limits import Buckets, Grant, lease_size
+
+log = logging.getLogger("ray.serve")
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class Limiter:
+    """The one place a store's rates and quotas are counted (see maas.limits)."""
+
+    def __init__(self, url: str):
+        self.buckets = Buckets(AccessStore(url).quota_used)
+
+    def acquire(self, key_id: str, want: int, returned: int, rate: float | None, capacity: int,
+                quota: Quota | None) -> Grant:
+        return self.buckets.acquire(key_id, want, returned, rate, capacity, quota)
+
+
+def limiter_for(url: str) -> Any:
+    """The store's limiter actor, started by whichever replica asks first."""
+    name = "maas-limiter-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    return Limiter.options(name=name, namespace="maas", lifetime="detached",
+                           get_if_exists=True).remote(url)
+
+
+class _Lease:
+    __slots__ = ("tokens", "size", "expires", "denied_until", "denial", "quota_left", "lock",
+                 "topping_up")
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.size = 1  # tokens asked for at the last ask
+        self.expires = 0.0
+        self.denied_until = 0.0
+        self.denial: Grant | None = None
+        self.quota_left: int | None = None
+        self.lock = asyncio.Lock()
+        self.topping_up = False
+
+
+class Leases:
+    """A replica's leased tokens per key. Unused tokens go back with the next ask.
+
+    A busy key's lease is topped up in the background before it runs out: waiting for the
+    limiter actor on the request path stalled every request of the key on the replica (access
+    on measured 0.90x of off with that, under 2 cores of load)."""
+
+    TTL_S = 0.5  # a lease older than this is handed back, so no replica hoards a key's rate
+    ASK_TIMEOUT_S = 2.0
+    TOP_UP_FROM = 4  # leases of at least this many tokens are topped up ahead of time
+
+    def __init__(self, store: AccessStore):
+        self.url = store.url
+        self._actor: Any = None
+        # While the actor cannot be reached (restarting, its node lost) this replica counts
+        # alone: limits then hold per replica instead of across them, and serving goes on.
+        self._local = Buckets(store.quota_used)
+        self._leases: dict[str, _Lease] = {}
+        self._warned = 0.0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def take(self, record: KeyRecord) -> None:
+        """Spend one token of ``record``'s rate and quota, or raise a 429 Refusal."""
+        if record.rate is None and record.quota is None:
+            return
+        lease = self._leases.get(record.key_id)
+        if lease is None:
+            lease = self._leases[record.key_id] = _Lease()
+        now = time.monotonic()
+        if lease.tokens > 0 and now < lease.expires:
+            lease.tokens -= 1
+            if (lease.size >= self.TOP_UP_FROM and not lease.topping_up
+                    and (lease.tokens < lease.size // 2
+                         or now > lease.expires - self.TTL_S / 2)):
+                lease.topping_up = True
+                task = asyncio.create_task(self._top_up(record, lease))
+                self._tasks.add(task)  # held until done: the loop keeps only weak references
+                task.add_done_callback(self._tasks.discard)
+            return
+        async with lease.lock:  # one ask per key at a time; the others then spend its lease
+            now = time.monotonic()
+            if lease.tokens > 0 and now < lease.expires:
+                lease.tokens -= 1
+                return
+            if now < lease.denied_until and lease.denial is not None:
+                raise self._refusal(record, lease.denial, lease.denied_until - now)
+            returned = lease.tokens  # left over in an expired lease: handed back
+            lease.tokens -= returned
+            lease.size = lease_size(record.rate, lease.quota_left)
+            grant = await self._ask(record, lease.size, returned)
+            lease.quota_left = grant.quota_left
+            if grant.granted < 1:
+                lease.denial = grant
+                lease.denied_until = now + min(grant.retry_after_s, 1.0)
+                raise self._refusal(record, grant, grant.retry_after_s)
+            lease.tokens += grant.granted - 1
+            lease.expires = time.monotonic() + self.TTL_S
+
+    async def _top_up(self, record: KeyRecord, lease: _Lease) -> None:
+        try:
+            grant = await self._ask(record, lease.size, 0)
+            lease.quota_left = grant.quota_left
+            if grant.granted > 0:
+                lease.tokens += grant.granted
+                lease.expires = time.monotonic() + self.TTL_S
+        finally:
+            lease.topping_up = False
+
+    async def _ask(self, record: KeyRecord, want: int, returned: int) -> Grant:
+        args = (record.key_id, want, returned, record.rate, record.capacity, record.quota)
+        try:
+            if self._actor is None:
+                self._actor = await asyncio.to_thread(limiter_for, self.url)
+            return await asyncio.wait_for(self._actor.acquire.remote(*args), self.ASK_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure: count locally, say so
+            self._actor = None
+            if time.monotonic() - self._warned > 30:
+                self._warned = time.monotonic()
+                log.warning("rate limiter actor unreachable (%s); limiting per replica", exc)
+            return await asyncio.to_thread(self._local.acquire, *args)
+
+    @staticmethod
+    def _refusal(record: KeyRecord, grant: Grant, wait_s: float) -> Refusal:
+        retry = str(max(1, math.ceil(wait_s)))  # Retry-After takes whole seconds
+        if grant.reason == "quota":
+            message = (f"quota: {record.label} has used its {record.quota}; it resets at "
+                       f"{iso(grant.quota_resets_at)}")
+        else:
+            message = (f"rate: {record.label} may send {record.rate:g} requests/s (bursts "
+                       f"of {record.capacity}); retry in {wait_s:.3f} s")
+        return Refusal(429, message, record.tenant, record.key_id, {"Retry-After": retry})

@@ -1,0 +1,162 @@
+"""The versions a model replica holds: production and canary by alias, others by number.
+
+Every replica re-reads the aliases every ``serve.alias_poll_s`` seconds and loads (and
+verifies) a newly promoted version *before* it swaps it in, so a promotion switches live
+traffic without failing a request. Explicit versions are loaded on first use and kept (a few
+at a time).
+"""
+
+import logging
+import random
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from maas import text
+from maas.oip import InferenceRequest, InferError, ModelMetadata, TensorSpec, decode_input
+from maas.registry import (CANARY, MAX_VERSION, PRODUCTION, Registry, RegistryError,
+                           VersionInfo, VersionNotFound, is_version_number)
+from maas.runtime import ort_session
+
+log = logging.getLogger("ray.serve")
+EXPLICIT_VERSIONS_KEPT = 4  # explicitly requested versions held in memory besides the aliases
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One verified version with its ONNX Runtime session (and tokenizer, for text)."""
+
+    info: VersionInfo
+    session: Any
+    input_specs: dict[str, TensorSpec]
+    output_names: list[str]
+    encoder: text.TextEncoder | None = None
+
+    def metadata(self, versions: list[str]) -> ModelMetadata:
+        return ModelMetadata(name=self.info.name, versions=versions, platform="onnxruntime_onnx",
+                             inputs=self.info.inputs, outputs=self.info.outputs)
+
+    def feeds(self, request: InferenceRequest, max_rows: int) -> dict[str, np.ndarray]:
+        """The request's inputs as arrays this version takes, or a 400 naming the field."""
+        feeds: dict[str, np.ndarray] = {}
+        for index, tensor in enumerate(request.inputs):
+            spec = self.input_specs.get(tensor.name)
+            if spec is None:
+                raise InferError(400, f"inputs[{index}].name: unknown input {tensor.name!r}; "
+                                      f"this model takes {sorted(self.input_specs)}")
+            feeds[tensor.name] = decode_input(tensor, spec, index, max_rows)
+        missing = sorted(set(self.input_specs) - set(feeds))
+        if missing:
+            raise InferError(400, f"inputs: missing input(s) {missing}")
+        return feeds
+
+    def run(self, wanted: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The ``wanted`` outputs for ``feeds`` (blocking: call it off the event loop). A
+        text model tokenizes here, padding to the longest text of these rows."""
+        if self.encoder is None:
+            return self.session.run(wanted, feeds)
+        texts = feeds[text.TEXT_INPUT].reshape(-1).tolist()
+        embeddings, tokens = text.embed(self.session, self.encoder, texts)
+        produced = {text.OUTPUT_NAME: embeddings, text.TOKENS_OUTPUT: tokens}
+        return [produced[name] for name in wanted]
+
+
+def load(registry: Registry, name: str, version: int, threads: int) -> Loaded:
+    """Fetch, verify and open ``version`` of ``name`` (RegistryError when it cannot be used)."""
+    info = registry.get(name, version)
+    encoder = None
+    if info.kind == text.KIND:
+        encoder = text.TextEncoder(registry.load_asset(info, text.TOKENIZER_FILE).decode())
+    elif info.kind != "onnx":
+        raise RegistryError(f"model {info.name!r} version {info.version} is of kind "
+                            f"{info.kind!r}, which this maas release cannot serve; upgrade")
+    session = ort_session(registry.load(info), threads=threads)
+    log.info("loaded model %s version %s (%s, %s, sha256 %s)", info.name, info.version,
+             info.kind, info.variant, info.sha256)
+    return Loaded(info, session, {s.name: s for s in info.inputs},
+                  [s.name for s in info.outputs], encoder)
+
+
+class Versions:
+    """A replica's loaded versions of model ``name``: the aliases' (or the pinned
+    ``version``), swapped in whole, and up to EXPLICIT_VERSIONS_KEPT asked for by number."""
+
+    def __init__(self, registry: Registry, name: str, threads: int, pinned: int | None,
+                 poll_s: float, canary_weight: float):
+        self.registry, self.name, self.threads = registry, name, threads
+        self.canary_weight = canary_weight
+        self._load_lock = threading.Lock()
+        self._explicit: OrderedDict[int, Loaded] = OrderedDict()
+        self._live: dict[str, Loaded] = {}
+        self.numbers: list[str] = []
+        self._stop = threading.Event()
+        if pinned is not None:
+            self._live = {PRODUCTION: load(registry, name, pinned, threads)}
+            self.numbers = [str(pinned)]
+            return
+        self.refresh()  # no production version: the replica fails to start, saying so
+        threading.Thread(target=self._watch, args=(poll_s,), name="maas-alias-watch",
+                         daemon=True).start()
+
+    @property
+    def production(self) -> Loaded:
+        return self._live[PRODUCTION]
+
+    def _cached(self, version: int) -> Loaded | None:
+        for loaded in self._live.values():
+            if loaded.info.version == version:
+                return loaded
+        return self._explicit.get(version)
+
+    def refresh(self) -> None:
+        """Re-read the aliases; load what they point at, then swap it in all at once."""
+        aliases = self.registry.aliases(self.name)
+        if PRODUCTION not in aliases:
+            raise VersionNotFound(f"model {self.name!r} has no production version; "
+                                  f"`maas models promote {self.name} VERSION` sets one")
+        live = {}
+        for alias in (PRODUCTION, CANARY):
+            if alias in aliases:
+                with self._load_lock:
+                    live[alias] = (self._cached(aliases[alias])
+                                   or load(self.registry, self.name, aliases[alias], self.threads))
+        self._live = live  # one assignment: a request sees the old set or the new, never half
+        self.numbers = [str(v) for v in self.registry.version_numbers(self.name)]
+
+    def _watch(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving what is loaded; say why it did not change
+                log.warning("model %s: aliases not refreshed: %s", self.name, exc)
+
+    def pick(self) -> Loaded:
+        """The version an unversioned request gets: production, or by ``canary_weight`` the
+        canary."""
+        live = self._live
+        canary = live.get(CANARY)
+        if canary is not None and self.canary_weight > 0.0 \
+                and random.random() < self.canary_weight:
+            return canary
+        return live[PRODUCTION]
+
+    def by_number(self, version: str) -> Loaded:
+        """The loaded ``version`` (a path segment); 404 for one that is not registered.
+        Blocking (it may load): call it off the event loop."""
+        if not is_version_number(version) or not 1 <= int(version) <= MAX_VERSION:
+            raise InferError(404, f"model {self.name!r} has no version {version!r}; "
+                                  f"versions: {self.numbers}")
+        number = int(version)
+        with self._load_lock:
+            loaded = self._cached(number) or load(self.registry, self.name, number, self.threads)
+            self._explicit[number] = loaded
+            self._explicit.move_to_end(number)
+            while len(self._explicit) > EXPLICIT_VERSIONS_KEPT:
+                self._explicit.popitem(last=False)
+        return loaded
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,44 @@
+"""The server's one OpenAPI document: every app's routes under their prefixes, one tag per
+app, operation ids unique across models, and no two apps' schemas silently merged."""
+
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from serve_apps import embeddings, inference, server
+from serve_apps.openapi import OPENAI_TAG, SERVER_TAG, server_document
+
+pytestmark = pytest.mark.unit
+
+
+def test_models_and_the_openai_app_join_the_server_routes():
+    document = server_document(server.api, inference.api, embeddings.api,
+                               ["digits", "digits-cnn"], openai=True)
+    tags = [t["name"] for t in document["tags"]]
+    assert tags == [SERVER_TAG, "model digits", "model digits-cnn", OPENAI_TAG]
+    paths = document["paths"]
+    assert paths["/v2/models/digits-cnn/infer"]["post"]["tags"] == ["model digits-cnn"]
+    assert paths["/v2/models/digits"]["get"]["tags"] == ["model digits"]  # the app's "/"
+    assert paths["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"] == {"$ref": "#/components/schemas/EmbeddingRequest"}
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    for schema in ("InferenceRequest", "EmbeddingRequest", "ModelCard"):
+        assert schema in document["components"]["schemas"]
+    assert "/v1/embeddings" not in server_document(server.api, inference.api, embeddings.api,
+                                                   ["digits"], openai=False)["paths"]
+
+
+def test_two_apps_with_different_schemas_of_one_name_are_refused():
+    def app_with(field_type: type) -> FastAPI:
+        api = FastAPI()
+        body = type("Thing", (BaseModel,), {"__annotations__": {"x": field_type}})
+
+        @api.post("/thing")
+        def thing(item: body) -> dict:
+            return {}
+
+        return api
+
+    with pytest.raises(ValueError, match="'Thing' differs between apps"):
+        server_document(app_with(int), app_with(str), embeddings.api, ["m"], openai=False)
