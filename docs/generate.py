@@ -144,7 +144,8 @@ def openapi() -> dict:
 
     args = server_args(load_config(REPO / "deploy.yaml"))
     return server_document(server.api, inference.api, embeddings.api,
-                           [e.name for e in args.catalog], bool(args.embedding_models))
+                           [e.name for e in args.catalog], bool(args.embedding_models),
+                           keys=args.access is not None)
 
 
 def _schema_name(node: dict | None) -> str:
@@ -161,15 +162,17 @@ def http(document: dict) -> str:
              "`/v1/openapi.json`). Generated for the models of the shipped `deploy.yaml`.", ""]
     for tag in document["tags"]:
         lines += [f"## {tag['name']}", "", tag["description"], "",
-                  "| method | path | summary | body | responses |", "|---|---|---|---|---|"]
+                  "| method | path | summary | key | body | responses |",
+                  "|---|---|---|---|---|---|"]
         for path, operations in document["paths"].items():
             for method, op in operations.items():
                 if tag["name"] not in op.get("tags", []):
                     continue
                 summary = (op.get("description") or op.get("summary") or "").split("\n")[0]
                 codes = ", ".join(sorted(op.get("responses", {})))
+                key = "yes" if op.get("security") else "-"
                 lines.append(f"| {method.upper()} | `{path}` | {summary.replace('|', '/')} | "
-                             f"{_schema_name(op.get('requestBody'))} | {codes} |")
+                             f"{key} | {_schema_name(op.get('requestBody'))} | {codes} |")
         lines.append("")
     return "\n".join(lines)
 

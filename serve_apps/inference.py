@@ -99,7 +99,7 @@ class ModelServer:
         loaded = await asyncio.to_thread(self.versions.by_number, version)
         return _json(loaded.metadata([str(loaded.info.version)]))
 
-    @api.get("/versions/{version}/ready", responses=ERRORS)
+    @api.get("/versions/{version}/ready", responses={404: ERRORS[404], 503: ERRORS[503]})
     def version_ready(self, version: str) -> dict[str, str | bool]:
         self.versions.by_number(version)
         return {"name": self.args.name, "version": version, "ready": True}

@@ -16,6 +16,7 @@ from maas.routes import OPENAI_ROUTE, model_route
 
 Document = dict[str, Any]
 SERVER_TAG = "server"
+SCHEME = "maasKey"
 OPENAI_TAG = "OpenAI-compatible"
 
 
@@ -37,10 +38,23 @@ def _add(into: Document, part: Document, prefix: str, tag: str, op_prefix: str) 
         schemas[name] = schema
 
 
+def _require_keys(document: Document) -> None:
+    """Declare maas's bearer keys, needed by every operation that can answer 401 (so that
+    Swagger UI offers "Authorize" and sends the key)."""
+    document["components"]["securitySchemes"] = {SCHEME: {
+        "type": "http", "scheme": "bearer",
+        "description": "a maas API key: `maas keys create` or `maas quickstart`"}}
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            if "401" in operation.get("responses", {}):
+                operation["security"] = [{SCHEME: []}]
+
+
 def server_document(server: FastAPI, model_api: FastAPI, openai_api: FastAPI,
-                    models: list[str], openai: bool) -> Document:
+                    models: list[str], openai: bool, keys: bool = False) -> Document:
     """The server app's routes, each of ``models``' routes under ``/v2/models/<name>``, and
-    (``openai``) the OpenAI-compatible routes under ``/v1``."""
+    (``openai``) the OpenAI-compatible routes under ``/v1``; ``keys``: access is on, and the
+    routes that check a key say so."""
     own = server.openapi()
     document: Document = {
         "openapi": own["openapi"],
@@ -62,4 +76,6 @@ def server_document(server: FastAPI, model_api: FastAPI, openai_api: FastAPI,
         document["tags"].append({"name": OPENAI_TAG, "description": f"{OPENAI_ROUTE}: OpenAI's "
                                                                     f"embeddings API"})
         _add(document, openai_api.openapi(), OPENAI_ROUTE, OPENAI_TAG, "openai")
+    if keys:
+        _require_keys(document)
     return document

@@ -86,7 +86,7 @@ class Server:
         # of every app this server's config deploys.
         api.openapi_schema = server_document(
             api, inference.api, embeddings.api, [e.name for e in args.catalog],
-            bool(args.embedding_models))
+            bool(args.embedding_models), keys=args.access is not None)
 
     @api.get("/", response_model=None)
     def home(self, request: Request) -> JSONResponse | HTMLResponse:

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from serve_apps import embeddings, inference, server
-from serve_apps.openapi import OPENAI_TAG, SERVER_TAG, server_document
+from serve_apps.openapi import OPENAI_TAG, SCHEME, SERVER_TAG, server_document
 
 pytestmark = pytest.mark.unit
 
@@ -27,6 +27,18 @@ def test_models_and_the_openai_app_join_the_server_routes():
         assert schema in document["components"]["schemas"]
     assert "/v1/embeddings" not in server_document(server.api, inference.api, embeddings.api,
                                                    ["digits"], openai=False)["paths"]
+
+
+def test_with_access_on_the_routes_that_check_a_key_declare_it():
+    document = server_document(server.api, inference.api, embeddings.api, ["digits"],
+                               openai=True, keys=True)
+    assert document["components"]["securitySchemes"][SCHEME]["scheme"] == "bearer"
+    paths = document["paths"]
+    for path, method in (("/v2/models/digits/infer", "post"), ("/v2/catalog", "get"),
+                         ("/v1/embeddings", "post")):
+        assert paths[path][method]["security"] == [{SCHEME: []}]
+    for path in ("/v2/health/ready", "/v2/models/digits/ready", "/"):
+        assert "security" not in paths[path]["get"]
 
 
 def test_two_apps_with_different_schemas_of_one_name_are_refused():
