@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maas.config import DataConfig, ModelArchConfig, SyntheticConfig, TrainConfig  # noqa: E402
 from maas.data import load_splits  # noqa: E402
 from maas.models import evaluate, model_for  # noqa: E402
-from jobs.train import make_optimizer, shuffled_batches  # noqa: E402
+from jobs.train_loop import make_optimizer, shuffled_batches  # noqa: E402
 
 
 def main() -> None:

@@ -6,12 +6,12 @@ apps enforce what is stored here (``serve_apps.gate``); the CLI manages it (``ma
 ``maas agreements``, ``maas usage``).
 """
 
-from maas.access.records import (ALL_MODELS, ANONYMOUS, KEY_PREFIX, PERIODS, Acceptance, AccessError,
-                                 Agreement, KeyRecord, Quota, Refusal, UsageRow, iso, parse_quota,
-                                 parse_rate, period_bounds, split_key, terms_digest)
+from maas.access.records import (ALL_MODELS, ANONYMOUS, KEY_PREFIX, PERIODS, Acceptance,
+                                 AccessError, Agreement, KeyRecord, Quota, Refusal, UsageRow, iso,
+                                 parse_quota, parse_rate, period_bounds, split_key, terms_digest)
 from maas.access.store import UNCOUNTED_STATUSES, AccessStore, onboard, publish_agreements
 
-__all__ = ["ALL_MODELS", "ANONYMOUS", "Refusal", "KEY_PREFIX", "PERIODS", "Acceptance", "AccessError", "Agreement",
-           "KeyRecord", "Quota", "UsageRow", "iso", "parse_quota", "parse_rate", "period_bounds",
-           "split_key", "terms_digest", "UNCOUNTED_STATUSES", "AccessStore", "onboard",
-           "publish_agreements"]
+__all__ = ["ALL_MODELS", "ANONYMOUS", "KEY_PREFIX", "PERIODS", "UNCOUNTED_STATUSES", "Acceptance",
+           "AccessError", "AccessStore", "Agreement", "KeyRecord", "Quota", "Refusal", "UsageRow",
+           "iso", "onboard", "parse_quota", "parse_rate", "period_bounds", "publish_agreements",
+           "split_key", "terms_digest"]

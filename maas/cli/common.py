@@ -65,6 +65,7 @@ def guarded(action: Callable[[], T]) -> T:
 
 
 def deploy_config(path: Path) -> DeployConfig:
+    """deploy.yaml at ``path``, which the access commands need (exit code 2 without it)."""
     if not path.exists():
         raise fail(f"{path}: no such file; the access commands read the access store and the "
                    f"models from deploy.yaml (--config PATH)", 2)
@@ -79,16 +80,18 @@ def access_store(cfg: DeployConfig, announce: bool = True) -> AccessStore:
     for agreement, new in guarded(lambda: publish_agreements(store, cfg.models)):
         if new and agreement.version > 1 and announce:  # on stderr: --json stays parseable
             err.print(f"[yellow]agreement for {agreement.model} is now version "
-                          f"{agreement.version} (its terms changed in deploy.yaml): tenants "
-                          f"must accept it again[/]")
+                      f"{agreement.version} (its terms changed in deploy.yaml): tenants must "
+                      f"accept it again[/]")
     return store
 
 
 def who() -> str:
+    """Who runs this command, as stores record it: user@host."""
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def key_scope(cfg: DeployConfig, models: str) -> list[str]:
+    """``--models a,b`` as a list of deploy.yaml's model names (or '*'); exit code 2 else."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     known = {m.name for m in cfg.models}
     unknown = [n for n in names if n != "*" and n not in known]
@@ -99,6 +102,8 @@ def key_scope(cfg: DeployConfig, models: str) -> list[str]:
 
 
 def parse_option(parse: Callable[[str], T], text: Optional[str]) -> Optional[T]:
+    """``parse(text)`` for an option given as text (None stays None); exit code 2 when
+    ``parse`` refuses it, with its message."""
     if text is None:
         return None
     try:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -13,11 +14,14 @@ from rich.table import Table
 from maas.cli.common import ConfigOption, JsonOption, console, echo_json, guarded, load, print_table
 from maas.config import DeployConfig
 
+if TYPE_CHECKING:
+    from maas.registry import Registry
+
 models_app = typer.Typer(no_args_is_help=True,
                          help="Registered models: versions, aliases, promote and roll back.")
 
 
-def _registry(config: Path):
+def _registry(config: Path) -> Registry:
     """The registry ``config`` names (its state_dir, tracking and registry sections)."""
     from maas.config import expand_state_dir, sqlite_uri
     from maas.registry import Registry

@@ -201,3 +201,22 @@ def test_promoting_a_new_version_switches_what_is_served(report, deploy_cfg, bas
     pinned = requests.post(f"{base}/v2/models/digits/versions/1/infer",
                            json=_infer_body(splits.x_test[:1]), timeout=30)
     assert pinned.status_code == 200 and pinned.json()["model_version"] == "1"
+
+
+def test_a_failed_run_says_why_and_where_the_full_log_is(deploy_cfg, tmp_path, capfd):
+    """`maas run` on data that does not exist: the error on the terminal, exit code 1, and
+    the log (in the Ray session's log folder) named."""
+    import yaml
+
+    from jobs.pipeline import run_cli
+
+    config = tmp_path / "deploy.yaml"
+    config.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"),
+        "cluster": {"http_port": deploy_cfg.cluster.http_port},
+        "models": [{"name": "broken", "data": {"source": "missing.npz"}}]}))
+    assert run_cli(config, "broken-run", verbose=False, json_out=False) == 1
+    out = capfd.readouterr().out
+    assert "pipeline failed: data.source: file 'missing.npz' does not exist" in out
+    log = re.search(r"full logs: (\S+)", out).group(1)
+    assert log.endswith("maas-pipeline-broken-run.log") and "/logs/" in log

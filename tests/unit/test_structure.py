@@ -44,3 +44,17 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     planted = tmp_path / "planted.py"
     planted.write_text("def long():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     assert long_functions(planted) == ["planted.py:1 long (61 lines)"]
+
+
+def test_every_bench_script_still_imports():
+    """bench/ is run by hand (`make bench`), not by the tests: a moved name must not break
+    it silently."""
+    import subprocess
+    import sys
+
+    scripts = sorted(p.stem for p in (REPO / "bench").glob("*.py"))
+    code = ("import importlib, sys; sys.path.insert(0, 'bench'); "
+            f"[importlib.import_module(m) for m in {scripts!r}]")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
