@@ -102,10 +102,10 @@ def run_cli(config: Path, run_name: str | None, verbose: bool, json_out: bool) -
             if not isinstance(exc, MaasError):
                 traceback.print_exc()  # into the log (or the terminal, with --verbose)
             what = "failed" if isinstance(exc, MaasError) else f"crashed ({type(exc).__name__})"
-            shown.console.print(f"pipeline {what}: {exc}", markup=False, style="red")
+            shown.errors.print(f"pipeline {what}: {exc}", markup=False, style="red")
             if shown.log is not None:
-                shown.console.print(f"full logs: {shown.log} (and the workers' logs in the Ray "
-                                    f"dashboard); --verbose shows them here", markup=False)
+                shown.errors.print(f"full logs: {shown.log} (and the workers' logs in the Ray "
+                                   f"dashboard); --verbose shows them here", markup=False)
             return 1
         if json_out:
             shown.data.write(summary.model_dump_json() + "\n")
@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's and the libraries' logs on the terminal too")
     parser.add_argument("--json", action="store_true",
-                        help="print the summary as one line of JSON on stdout (the stage "
-                             "lines go to stderr)")
+                        help="print the summary as one line of JSON on stdout, the stage lines "
+                             "on stderr (with --verbose, stdout carries Ray's logs too: the "
+                             "summary is the line that starts with {\"run\")")
     args = parser.parse_args(argv)
     return run_cli(args.config, args.run_name, args.verbose, args.json)
 

@@ -7,6 +7,7 @@ same metrics, so the bar needs no extra actor or channel, and shows what MLflow 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from maas.report import wide
 
+log = logging.getLogger(__name__)
 SHOWN = ("train_loss", "val_loss", "val_accuracy")
 
 
@@ -66,9 +68,12 @@ class TrainingBar:
         self._progress = Progress(TextColumn("  [bold cyan][1/4][/] train {task.description}"),
                                   BarColumn(bar_width=24), MofNCompleteColumn(),
                                   TextColumn("epochs {task.fields[shown]}"),
-                                  TimeElapsedColumn(), console=wide(console))
+                                  TimeElapsedColumn(), console=wide(console),
+                                  # stdout and stderr stay where jobs.terminal put them
+                                  redirect_stdout=False, redirect_stderr=False)
         self._task = self._progress.add_task(label, total=epochs, shown="")
         self._stop = threading.Event()
+        self._warned = False
         self._poller = threading.Thread(target=self._poll, name="maas-training-bar", daemon=True)
 
     def __enter__(self) -> TrainingBar:
@@ -76,10 +81,12 @@ class TrainingBar:
         self._poller.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type | None, *exc: object) -> None:
         self._stop.set()
-        self._poller.join()
-        self._update()
+        # A tracking server that stopped answering must not hold up the run's end (or Ctrl-C).
+        self._poller.join(timeout=2 * self.POLL_S)
+        if kind is None and not self._poller.is_alive():
+            self._update()  # the last epochs, reported after the last poll
         self._progress.stop()
 
     def _poll(self) -> None:
@@ -90,7 +97,10 @@ class TrainingBar:
         try:
             latest = self._client.get_run(self._run_id).data.metrics
             history = self._client.get_metric_history(self._run_id, "train_loss")
-        except Exception:  # noqa: BLE001 - the tracking store is busy: try at the next poll
+        except Exception as exc:  # noqa: BLE001 - the tracking store is busy: the next poll
+            if not self._warned:
+                self._warned = True
+                log.warning("training progress not read from MLflow (%s); retrying", exc)
             return
         if not history:
             return

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
 
 from maas.access import AccessStore, onboard
 from maas.config import DeployConfig, ModelConfig
@@ -66,6 +68,14 @@ class ModelReport(BaseModel):
         return self.held_out.get("held_out_accuracy")
 
 
+def quiet_live(console: Console, renderable: RenderableType) -> Live:
+    """A live display that leaves Python's stdout and stderr alone: rich would otherwise
+    reroute them to the terminal while it runs, and what libraries print would bypass the
+    log (jobs.terminal)."""
+    return Live(renderable, console=console, transient=True, redirect_stdout=False,
+                redirect_stderr=False)
+
+
 @dataclass
 class Stage:
     """A running stage; the block sets ``result``, the line printed when it ends."""
@@ -88,7 +98,8 @@ class StageClock:
         shows its own progress; a terminal takes one live display at a time)."""
         started = time.perf_counter()
         stage = Stage()
-        with (self.console.status(f"[{number}/{STAGES}] {title} {self.model} ...") if spinner
+        with (quiet_live(self.console, Spinner("dots", f"[{number}/{STAGES}] {title} "
+                                                       f"{self.model} ...")) if spinner
               else nullcontext()):
             yield stage
         elapsed = self.seconds[title] = round(time.perf_counter() - started, 1)

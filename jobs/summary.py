@@ -53,12 +53,13 @@ def print_summary(console: Console, cfg: DeployConfig, summary: RunSummary) -> N
     """What is served now, with a curl command per model."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="served",
                   title_justify="left")
-    for column in ("model", "version", "variant", "held-out"):
+    for column in ("model", "version", "variant", "held-out", "promoted"):
         table.add_column(column)
     table.add_column("endpoint", overflow="fold")  # a URL is wrapped, never cut short
-    for r in summary.models:
-        table.add_row(r.name, str(r.served_version or "-"), r.variant, _metric(r),
-                      r.endpoint or "-")
+    for r in summary.models:  # the version this run registered, and whether it serves
+        serving = "-" if r.served_version is None else f"v{r.served_version} serves"
+        table.add_row(r.name, str(r.version), r.variant, _metric(r),
+                      "yes" if r.promoted else f"no ({serving})", r.endpoint or "-")
     print_wide(console, table)
     if cfg.access.enabled:
         console.print("Try it (a key: `maas quickstart`, or `maas keys create`):",

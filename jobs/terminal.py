@@ -24,22 +24,30 @@ from rich.console import Console
 
 @dataclass
 class Terminal:
-    """``console``: maas's lines (stderr with ``--json``); ``data``: stdout, for ``--json``;
-    ``log``: where the rest goes (None with ``--verbose``)."""
+    """``console``: maas's lines (stderr with ``--json``); ``errors``: why a run failed
+    (stderr); ``data``: stdout, for ``--json``; ``log``: where the rest goes (None with
+    ``--verbose``)."""
 
     console: Console
+    errors: Console
     data: IO[str]
     log: Path | None = None
     _log_file: IO[str] | None = field(default=None, repr=False)
 
     def move_log(self, folder: Path | None, name: str) -> None:
-        """Continue the log as ``folder/name`` (its lines so far copied there)."""
+        """Continue the log as ``folder/name`` (its lines so far copied there); where that
+        cannot be written, the log stays where it is."""
         if self._log_file is None or self.log is None or folder is None:
             return
         target = folder / name
         sys.stdout.flush()
         sys.stderr.flush()
-        moved = open(target, "a", encoding="utf-8", buffering=1)
+        try:
+            moved = open(target, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:  # e.g. a session folder of another user's head
+            print(f"maas: the log stays at {self.log}: {target} is not writable ({exc})",
+                  file=sys.stderr, flush=True)
+            return
         with open(self.log, encoding="utf-8", errors="replace") as written:
             shutil.copyfileobj(written, moved)
         moved.flush()
@@ -55,20 +63,21 @@ def terminal(verbose: bool, json_out: bool, log_dir: Path, name: str) -> Iterato
     """The pipeline's terminal: quiet (the rest into ``log_dir/name``) unless ``verbose``."""
     if verbose:
         yield Terminal(Console(file=sys.stderr if json_out else sys.stdout, soft_wrap=True),
-                       sys.stdout)
+                       Console(stderr=True, soft_wrap=True), sys.stdout)
         return
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / name
+    log_file = open(log, "a", encoding="utf-8", buffering=1)  # first: nothing to undo if not
     sys.stdout.flush()
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
     out = os.fdopen(os.dup(saved_out), "w", encoding="utf-8", buffering=1)
     err = os.fdopen(os.dup(saved_err), "w", encoding="utf-8", buffering=1)
-    log_file = open(log, "a", encoding="utf-8", buffering=1)
-    os.dup2(log_file.fileno(), 1)
-    os.dup2(log_file.fileno(), 2)
-    shown = Terminal(Console(file=err if json_out else out, soft_wrap=True), out, log, log_file)
+    shown = Terminal(Console(file=err if json_out else out, soft_wrap=True),
+                     Console(file=err, soft_wrap=True), out, log, log_file)
     try:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
         yield shown
     finally:
         sys.stdout.flush()

@@ -101,7 +101,9 @@ class AccessGate:
             self.payloads = PayloadLog(self.args.payload_folder(), self.model, terms)
 
     def _reload(self) -> None:
-        keys = {r.key_id: r for r in self.store.keys()}
+        # Keys first, swapped in whole: a revoked key is refused within refresh_s even when
+        # the agreement cannot be read this time.
+        self._keys = {r.key_id: r for r in self.store.keys()}
         accepted: dict[str, Acceptance] = {}
         if self.enforced:
             agreement = self.store.agreement(self.model)
@@ -110,7 +112,7 @@ class AccessGate:
             for acceptance in self.store.acceptances(model=self.model):
                 if acceptance.version == self.agreement.version:
                     accepted[acceptance.tenant] = acceptance
-        self._keys, self._accepted = keys, accepted  # whole swaps: readers never see half
+        self._accepted = accepted  # a whole swap: readers never see half
 
     def _background(self) -> None:
         next_reload = time.monotonic() + self.args.refresh_s

@@ -18,6 +18,7 @@ from maas.access import AccessStore, KeyRecord, Quota, Refusal, iso
 from maas.limits import Buckets, Grant, lease_size
 
 log = logging.getLogger("ray.serve")
+LIMITER_PROTOCOL = 2  # raise when what acquire() takes changes (2: Quota in maas.access.records)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -33,8 +34,11 @@ class Limiter:
 
 
 def limiter_for(url: str) -> Any:
-    """The store's limiter actor, started by whichever replica asks first."""
-    name = "maas-limiter-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    """The store's limiter actor, started by whichever replica asks first. The name carries
+    LIMITER_PROTOCOL: a detached actor of an older maas, still running after an upgrade, could
+    not read what this one sends (its classes moved), so the new replicas start their own."""
+    name = (f"maas-limiter-v{LIMITER_PROTOCOL}-"
+            + hashlib.sha256(url.encode()).hexdigest()[:12])
     return Limiter.options(name=name, namespace="maas", lifetime="detached",
                            get_if_exists=True).remote(url)
 

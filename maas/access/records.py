@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel
+
 from maas.config import AgreementConfig
 from maas.errors import MaasError
 
@@ -185,6 +187,25 @@ class UsageRow:
     requests: int
     rows: int
     mean_latency_ms: float
+
+
+def stored_terms(text: str) -> AgreementConfig:
+    """Terms as the store holds them (JSON of AgreementConfig). Fields this release does not
+    know, written by a newer maas sharing the store, are left out: a newer CLI must not stop
+    this release's replicas from reading the agreement they enforce."""
+    return AgreementConfig.model_validate(_known_fields(AgreementConfig, json.loads(text)))
+
+
+def _known_fields(model: type[BaseModel], data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    known = {}
+    for name, field in model.model_fields.items():
+        if name in data:
+            inner = field.annotation
+            nested = isinstance(inner, type) and issubclass(inner, BaseModel)
+            known[name] = _known_fields(inner, data[name]) if nested else data[name]
+    return known
 
 
 def terms_digest(terms: AgreementConfig) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from maas.access.records import (KEY_PREFIX, Acceptance, AccessError, Agreement, KeyRecord,
-                                 Quota, UsageRow, key_digest, terms_digest)
+                                 Quota, UsageRow, key_digest, stored_terms, terms_digest)
 from maas.access.tables import (UsageKey, acceptances, agreements, api_keys, engine, tenants,
                                 usage)
 from maas.config import TENANT_PATTERN, AgreementConfig, ModelConfig
@@ -41,8 +41,8 @@ def _key_record(row: Any) -> KeyRecord:
 
 
 def _agreement(row: Any) -> Agreement:
-    return Agreement(row.model, row.version, AgreementConfig.model_validate_json(row.terms),
-                     row.digest, row.published_at)
+    return Agreement(row.model, row.version, stored_terms(row.terms), row.digest,
+                     row.published_at)
 
 
 def _acceptance(row: Any) -> Acceptance:

@@ -47,7 +47,8 @@ def run(config: Path = ConfigArg,
         verbose: bool = typer.Option(False, "--verbose", "-v",
                                      help="show Ray's and the libraries' logs here too"),
         as_json: bool = typer.Option(False, "--json",
-                                     help="print the summary as one line of JSON on stdout")
+                                     help="print the summary as one line of JSON on stdout, "
+                                          "the stage lines on stderr")
         ) -> None:
     """Train, export, serve and query every model in deploy.yaml (as `python -m jobs.pipeline`)."""
     from jobs.pipeline import run_cli

@@ -140,7 +140,8 @@ def agreements_show(model: str, config: Path = ConfigOption, as_json: bool = Jso
     current = versions[-1]
     console.print(f"[bold]{model}[/] agreement version {current.version} (current), published "
                   f"{current.public()['published_at']}:")
-    console.print(json.dumps(current.terms, indent=2), markup=False, highlight=False)
+    console.print(json.dumps(current.public()["terms"], indent=2), markup=False,
+                  highlight=False)
     for a in accepted:
         console.print(f"  accepted v{a.version} by tenant {a.tenant} ({a.accepted_by}) at "
                       f"{a.public()['accepted_at']}; payload logging "

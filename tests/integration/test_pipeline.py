@@ -216,7 +216,7 @@ def test_a_failed_run_says_why_and_where_the_full_log_is(deploy_cfg, tmp_path, c
         "cluster": {"http_port": deploy_cfg.cluster.http_port},
         "models": [{"name": "broken", "data": {"source": "missing.npz"}}]}))
     assert run_cli(config, "broken-run", verbose=False, json_out=False) == 1
-    out = capfd.readouterr().out
-    assert "pipeline failed: data.source: file 'missing.npz' does not exist" in out
-    log = re.search(r"full logs: (\S+)", out).group(1)
+    err = capfd.readouterr().err
+    assert "pipeline failed: data.source: file 'missing.npz' does not exist" in err
+    log = re.search(r"full logs: (\S+)", err).group(1)
     assert log.endswith("maas-pipeline-broken-run.log") and "/logs/" in log

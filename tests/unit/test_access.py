@@ -234,8 +234,27 @@ def test_cli_keys_and_agreements(tmp_path):
     shown = runner.invoke(app, ["agreements", "show", "digits", "-c", str(config), "--json"])
     assert "now version 2" in shown.stderr
     assert [v["version"] for v in json.loads(shown.stdout)["versions"]] == [1, 2]
+    table = runner.invoke(app, ["agreements", "show", "digits", "-c", str(config)])
+    assert table.exit_code == 0, table.output
+    assert "agreement version 2 (current)" in table.stdout and '"commercial"' in table.stdout
+    assert "accepted v1 by tenant acme (alice)" in table.stdout
     stale = runner.invoke(app, ["agreements", "accept", "-t", "acme", "-m", "digits", "-v", "1",
                                 "-c", str(config)])
     assert stale.exit_code == 1 and "accept version 2" in stale.output
     store = AccessStore(f"sqlite:///{tmp_path / 'state' / 'access.db'}")
     assert [a.model for a in publish_agreements(store, [ModelConfig(name="plain")])] == []
+
+
+def test_terms_written_by_a_newer_maas_still_read(store):
+    """A newer maas sharing the store may add terms fields: this release reads what it knows
+    (its replicas keep enforcing the agreement) instead of failing on the unknown keys."""
+    from maas.access.tables import agreements
+
+    terms = {"license": "MIT", "allowed_uses": ["research"], "watermark": "required",
+             "data_usage": {"log_payloads": True, "retention_days": 7, "region": "eu"}}
+    with store.engine.begin() as conn:
+        conn.execute(agreements.insert().values(model="newer", version=1, digest="d",
+                                                published_at=time.time(),
+                                                terms=json.dumps(terms)))
+    agreement = store.agreement("newer")
+    assert agreement.terms.license == "MIT" and agreement.terms.data_usage.retention_days == 7
