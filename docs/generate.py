@@ -67,6 +67,24 @@ def _default(field: object) -> str:
     return f"`{json.dumps(default)}`"
 
 
+def config_sections(root: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """Every section under ``root`` (``root`` too), breadth first: (key path, its class)."""
+    found: list[tuple[str, type[BaseModel]]] = []
+    pending: list[tuple[str, type[BaseModel]]] = [("", root)]
+    while pending:
+        path, cls = pending.pop(0)
+        if any(path == seen for seen, _ in found):
+            continue
+        found.append((path, cls))
+        for name, field in cls.model_fields.items():
+            inner = _section(field.annotation)
+            if inner is not None:
+                many = typing.get_origin(field.annotation) is list
+                pending.append(((f"{path}.{name}" if path else name) + ("[]" if many else ""),
+                                inner))
+    return found
+
+
 def configuration() -> str:
     """Every key of deploy.yaml, section by section, from ``DeployConfig``."""
     from maas.config import DeployConfig
@@ -75,24 +93,13 @@ def configuration() -> str:
              "Every key `maas validate deploy.yaml` accepts, from the pydantic schema in "
              "`maas/config/`. Unknown keys are errors. `models[]` entries are one model each.",
              ""]
-    pending: list[tuple[str, type[BaseModel]]] = [("", DeployConfig)]
-    seen: set[str] = set()
-    while pending:
-        path, cls = pending.pop(0)
-        if path in seen:
-            continue
-        seen.add(path)
-        title = path or "(top level)"
-        lines += [f"## `{title}`", "", (cls.__doc__ or "").strip().replace("\n    ", "\n"), "",
+    for path, cls in config_sections(DeployConfig):
+        lines += [f"## `{path or '(top level)'}`", "",
+                  (cls.__doc__ or "").strip().replace("\n    ", "\n"), "",
                   "| key | type | default | description |", "|---|---|---|---|"]
-        for name, field in cls.model_fields.items():
-            lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
-                         f"{(field.description or '').replace('|', '/')} |")
-            inner = _section(field.annotation)
-            if inner is not None:
-                many = typing.get_origin(field.annotation) is list
-                key = (f"{path}.{name}" if path else name) + ("[]" if many else "")
-                pending.append((key, inner))
+        lines += [f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
+                  f"{(field.description or '').replace('|', '/')} |"
+                  for name, field in cls.model_fields.items()]
         lines.append("")
     return "\n".join(lines)
 

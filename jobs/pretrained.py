@@ -19,10 +19,10 @@ import requests
 from rich.console import Console
 
 from jobs.stages import (ModelReport, PipelineError, StageClock, VariantRow, apply_promotion,
-                         embedding_body, serve_and_ask)
+                         serve_and_ask)
 from maas import embedder
 from maas.config import DeployConfig, ModelConfig
-from maas.oip import InferenceResponse, TensorSpec
+from maas.oip import InferenceResponse, TensorSpec, text_request
 from maas.pretrained import PretrainedError
 from maas.registry import Registry, VersionInfo, config_hash
 from maas.report import print_wide
@@ -60,7 +60,8 @@ def _ask(endpoint: str, sentence: str, reference: np.ndarray, min_cosine: float,
          headers: dict[str, str]) -> tuple[float, str]:
     """POST one sentence as a BYTES tensor: (the served embedding's cosine with the
     reference, a line saying it)."""
-    reply = requests.post(endpoint, json=embedding_body([sentence]).model_dump(exclude_none=True),
+    reply = requests.post(endpoint,
+                          json=text_request([sentence], "smoke").model_dump(exclude_none=True),
                           timeout=60, headers=headers)
     if reply.status_code != 200:
         raise PipelineError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")

@@ -20,9 +20,7 @@ from rich.spinner import Spinner
 from maas.access import AccessStore, onboard
 from maas.config import DeployConfig, ModelConfig
 from maas.errors import MaasError
-from maas.oip import InferenceRequest, RequestInput
 from maas.registry import CANARY, Registry, VersionInfo, check_promotion
-from maas.text import TEXT_INPUT
 from serve_apps.deploy import deploy_model, wait_for_version
 
 STAGES = 4
@@ -108,18 +106,6 @@ class StageClock:
 
     def detail(self, text: str) -> None:
         self.console.print(f"      {text}", highlight=False, markup=False)
-
-
-def oip_body(row: list[float]) -> InferenceRequest:
-    """An OIP request of one FP32 row."""
-    return InferenceRequest(id="smoke", inputs=[RequestInput(
-        name="input", shape=[1, len(row)], datatype="FP32", data=row)])
-
-
-def embedding_body(texts: list[str]) -> InferenceRequest:
-    """An OIP request embedding ``texts`` (a BYTES tensor, one string per row)."""
-    return InferenceRequest(id="smoke", inputs=[RequestInput(
-        name=TEXT_INPUT, shape=[len(texts)], datatype="BYTES", data=texts)])
 
 
 def apply_promotion(model_cfg: ModelConfig, info: VersionInfo, registry: Registry

@@ -11,10 +11,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from jobs.stages import ModelReport, embedding_body, oip_body
+from jobs.stages import ModelReport
 from maas.config import DeployConfig
 from maas.report import print_wide
-from maas.routes import embeddings_route
+from maas.oip import row_request, text_request
+from maas.routes import OIP_ROOT, embeddings_route
 from maas.text import KIND as TEXT_KIND
 
 
@@ -38,8 +39,7 @@ def _metric(report: ModelReport) -> str:
 def _curls(cfg: DeployConfig, report: ModelReport) -> list[str]:
     auth = '-H "Authorization: Bearer $MAAS_API_KEY" ' if cfg.access.enabled else ""
     text = report.kind == TEXT_KIND
-    body = (embedding_body([report.example]) if text else oip_body(report.example))
-    body = body.model_copy(update={"id": None})  # the smoke request's id means nothing here
+    body = text_request([report.example]) if text else row_request(report.example)
     lines = [f"curl -s -X POST {report.endpoint} {auth}-H 'Content-Type: application/json' "
              f"-d {shlex.quote(body.model_dump_json(exclude_none=True))}"]
     if text:
@@ -69,7 +69,7 @@ def print_summary(console: Console, cfg: DeployConfig, summary: RunSummary) -> N
             for line in _curls(cfg, report):
                 console.print(f"  {line}", markup=False, highlight=False)
     base = cfg.cluster.base_url
-    console.print(f"API docs {base}/docs · health {base}/v2/health/ready · dashboard "
+    console.print(f"API docs {base}/docs · health {base}{OIP_ROOT}/health/ready · dashboard "
                   f"{summary.dashboard or 'not running'} · MLflow {summary.tracking_uri} · "
                   f"resume with --run-name {summary.run}", markup=False, highlight=False)
     if summary.cluster == "embedded":

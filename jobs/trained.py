@@ -20,13 +20,13 @@ from torch import nn
 
 from jobs.progress import EpochProgress, TrainingBar
 from jobs.stages import (ModelReport, PipelineError, StageClock, VariantRow, apply_promotion,
-                         oip_body, serve_and_ask)
+                         serve_and_ask)
 from jobs.train import run_training, train_student
 from maas.config import DeployConfig, ModelConfig
 from maas.data import Splits, load_splits
 from maas.export import ParityReport, check_parity, export_onnx
 from maas.models import evaluate
-from maas.oip import InferenceResponse
+from maas.oip import InferenceResponse, row_request
 from maas.optimize import BASELINE, VariantResult, build_variants, select
 from maas.registry import Registry, VersionInfo, config_hash
 from maas.report import print_wide
@@ -161,7 +161,7 @@ def _export_and_register(cfg: DeployConfig, model_cfg: ModelConfig, model: nn.Mo
 def _ask_served_model(endpoint: str, row: list[float], truth: Any, headers: dict[str, str]
                       ) -> tuple[Any, str]:
     """POST one row to the live endpoint: (the first value of its last output, a line)."""
-    reply = requests.post(endpoint, json=oip_body(row).model_dump(exclude_none=True),
+    reply = requests.post(endpoint, json=row_request(row, "smoke").model_dump(exclude_none=True),
                           timeout=60, headers=headers)
     if reply.status_code != 200:
         raise PipelineError(f"{endpoint} answered {reply.status_code}: {reply.text[:500]}")

@@ -16,6 +16,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
 from maas.errors import MaasError
+from maas.text import TEXT_INPUT
 
 # OIP datatype name -> numpy dtype. BYTES tensors carry text: JSON strings, held as objects.
 BYTES = "BYTES"
@@ -252,3 +253,15 @@ def encode_output(name: str, array: np.ndarray) -> ResponseOutput:
         raise TypeError(f"output {name!r} has dtype {array.dtype}, which OIP JSON cannot carry")
     return ResponseOutput(name=name, shape=list(array.shape), datatype=datatype,
                           data=array.reshape(-1).tolist())
+
+
+def row_request(row: list[float], request_id: str | None = None) -> InferenceRequest:
+    """A request of one FP32 row to a trained model (its graph input is ``input``)."""
+    return InferenceRequest(id=request_id, inputs=[RequestInput(
+        name="input", shape=[1, len(row)], datatype="FP32", data=row)])
+
+
+def text_request(texts: list[str], request_id: str | None = None) -> InferenceRequest:
+    """A request embedding ``texts`` (a BYTES tensor, one string per row)."""
+    return InferenceRequest(id=request_id, inputs=[RequestInput(
+        name=TEXT_INPUT, shape=[len(texts)], datatype="BYTES", data=texts)])

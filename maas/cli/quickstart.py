@@ -15,7 +15,7 @@ import typer
 from maas.cli.common import (ConfigOption, access_store, console, deploy_config, fail, guarded,
                              who)
 from maas.config import DeployConfig, ModelConfig
-from maas.oip import InferenceRequest, InferenceResponse, RequestInput
+from maas.oip import InferenceRequest, InferenceResponse, row_request, text_request
 from maas.routes import OIP_ROOT, embeddings_route, infer_route
 
 EXAMPLE_TEXT = "How do I reset my password?"
@@ -26,12 +26,9 @@ def _example_body(model: ModelConfig, base_dir: Path) -> InferenceRequest:
     from maas.data import load_splits
 
     if model.source == "pretrained":
-        tensor = RequestInput(name="text", shape=[1], datatype="BYTES", data=[EXAMPLE_TEXT])
-    else:
-        row = load_splits(model.data, model.train.task, base_dir).x_test[0].tolist()
-        tensor = RequestInput(name="input", shape=[1, len(row)], datatype="FP32",
-                              data=[round(v, 4) for v in row])
-    return InferenceRequest(inputs=[tensor])
+        return text_request([EXAMPLE_TEXT])
+    row = load_splits(model.data, model.train.task, base_dir).x_test[0].tolist()
+    return row_request([round(v, 4) for v in row])
 
 
 def _call_each(cfg: DeployConfig, key: str, base_dir: Path) -> None:

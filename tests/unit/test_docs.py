@@ -3,11 +3,9 @@ config field says what it is, and the README stays an entry point."""
 
 import importlib.util
 import re
-import typing
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.unit
@@ -25,24 +23,14 @@ def test_generated_references_are_fresh():
     assert not stale, f"run `.venv/bin/python docs/generate.py` and commit: {stale}"
 
 
-def _sections(cls: type[BaseModel], seen: set) -> list[type[BaseModel]]:
-    found = [cls]
-    seen.add(cls)
-    for field in cls.model_fields.values():
-        for arg in typing.get_args(field.annotation) or (field.annotation,):
-            for inner in typing.get_args(arg) or (arg,):
-                if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in seen:
-                    found += _sections(inner, seen)
-    return found
-
-
 def test_every_config_field_has_a_description():
     from maas.app_args import EmbeddingsArgs, InferenceArgs, ServerArgs
     from maas.config import DeployConfig
 
     missing = [f"{cls.__name__}.{name}"
                for root in (DeployConfig, InferenceArgs, ServerArgs, EmbeddingsArgs)
-               for cls in _sections(root, set()) for name, field in cls.model_fields.items()
+               for _, cls in _generator().config_sections(root)
+               for name, field in cls.model_fields.items()
                if not (field.description or "").strip()]
     assert not missing, f"add Field(description=...) to {missing}"
 
