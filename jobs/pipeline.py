@@ -9,7 +9,8 @@
 
 Each model's stages print one line each when they finish (jobs.stages), training shows a
 progress bar, and the run ends with a summary (jobs.summary). Models with ``source: train``
-go through jobs.trained, those with ``source: pretrained`` through jobs.pretrained.
+go through jobs.trained, those with ``source: pretrained`` through jobs.pretrained, or
+jobs.llm for a language model (``pretrained.task: chat``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from jobs.llm import run_llm
 from jobs.pretrained import run_pretrained
 from jobs.stages import ModelReport
 from jobs.summary import RunSummary, print_summary
@@ -62,7 +64,9 @@ def run_pipeline(cfg: DeployConfig, console: Console | None = None, run_name: st
     reports = []
     for model_cfg in cfg.models:
         console.print(f"[bold]{model_cfg.name}[/]", highlight=False)
-        if model_cfg.source == "pretrained":
+        if model_cfg.source == "pretrained" and model_cfg.pretrained.task == "chat":
+            reports.append(run_llm(cfg, model_cfg, tracker, registry, console, suffix))
+        elif model_cfg.source == "pretrained":
             reports.append(run_pretrained(cfg, model_cfg, tracker, registry, console, suffix))
         else:
             reports.append(run_trained(cfg, model_cfg, tracker, registry, console, suffix,

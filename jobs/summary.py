@@ -15,7 +15,8 @@ from jobs.stages import ModelReport
 from maas.config import DeployConfig
 from maas.report import print_wide
 from maas.oip import row_request, text_request
-from maas.routes import OIP_ROOT, embeddings_route
+from maas.llm.files import KIND as LLM_KIND
+from maas.routes import OIP_ROOT, chat_route, embeddings_route
 from maas.text import KIND as TEXT_KIND
 
 
@@ -38,6 +39,11 @@ def _metric(report: ModelReport) -> str:
 
 def _curls(cfg: DeployConfig, report: ModelReport) -> list[str]:
     auth = '-H "Authorization: Bearer $MAAS_API_KEY" ' if cfg.access.enabled else ""
+    if report.kind == LLM_KIND:  # a language model answers at /v1/chat/completions only
+        chat = json.dumps({"model": report.name, "max_tokens": 64,
+                           "messages": [{"role": "user", "content": report.example}]})
+        return [f"curl -s -X POST {cfg.cluster.base_url}{chat_route()} {auth}"
+                f"-H 'Content-Type: application/json' -d {shlex.quote(chat)}"]
     text = report.kind == TEXT_KIND
     body = text_request([report.example]) if text else row_request(report.example)
     lines = [f"curl -s -X POST {report.endpoint} {auth}-H 'Content-Type: application/json' "

@@ -91,6 +91,9 @@ class EmbeddingsArgs(ReplicaArgs):
     """``serve_apps.embeddings``: the OpenAI-compatible ``/v1`` app."""
 
     models: dict[str, int] = Field(description="embedding model name -> its serve.max_rows")
+    chat_models: list[str] = Field(default_factory=list,
+                                   description="chat models: /v1/chat/completions and "
+                                               "/v1/completions route to their apps")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger bodies get 413")
     body_timeout_s: float = Field(10.0, gt=0, description="slower bodies get 408")
     num_cpus: float = Field(0.1, gt=0, description="CPUs Ray reserves for its replica")
@@ -127,14 +130,26 @@ def server_args(cfg: DeployConfig) -> ServerArgs:
 
 
 def embedding_models(cfg: DeployConfig) -> list[ModelConfig]:
-    """The models the OpenAI-compatible embeddings route serves (``source: pretrained``)."""
-    return [m for m in cfg.models if m.source == "pretrained"]
+    """The models the OpenAI-compatible embeddings route serves (pretrained embedders)."""
+    return [m for m in cfg.models if m.source == "pretrained" and not is_chat_model(m)]
+
+
+def is_chat_model(model: ModelConfig) -> bool:
+    """Whether ``model`` is a language model served by serve_apps.llm (``task: chat``)."""
+    return model.pretrained is not None and model.pretrained.task == "chat"
+
+
+def chat_models(cfg: DeployConfig) -> list[ModelConfig]:
+    """The models behind /v1/chat/completions and /v1/completions."""
+    return [m for m in cfg.models if is_chat_model(m)]
 
 
 def embeddings_args(cfg: DeployConfig) -> EmbeddingsArgs:
     """The ``/v1`` app: which models it routes to, and the loosest of their body limits."""
-    models = embedding_models(cfg)
-    return EmbeddingsArgs(**_replica(cfg), models={m.name: m.serve.max_rows for m in models},
+    models = [m for m in cfg.models if m.source == "pretrained"]
+    return EmbeddingsArgs(**_replica(cfg),
+                          models={m.name: m.serve.max_rows for m in embedding_models(cfg)},
+                          chat_models=[m.name for m in chat_models(cfg)],
                           max_body_bytes=max(m.serve.max_body_bytes for m in models),
                           body_timeout_s=max(m.serve.body_timeout_s for m in models),
                           access_log=any(m.serve.access_log for m in models))

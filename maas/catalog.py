@@ -3,6 +3,9 @@
 A card joins what deploy.yaml says of the model (description, tags, price), what the registry
 knows (signature, versions, aliases, the production version's held-out metrics) and the
 agreement a tenant must accept (its current version and terms, from the access store).
+An LLM's card also gives its context length (the registered version's ``context_length``
+metric) and its prices per 1,000 prompt and completion tokens; :func:`usage_cost` prices
+``maas usage`` rows with the same numbers.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Callable
 
 from pydantic import BaseModel, Field
 
-from maas.access import AccessStore
+from maas.access import AccessStore, UsageRow
 from maas.config import AgreementConfig, CatalogConfig, DeployConfig
 from maas.oip import TensorSpec
 from maas.registry import PRODUCTION, Registry, RegistryError
@@ -32,8 +35,39 @@ class CardAgreement(AgreementConfig):
 
 
 class Price(BaseModel):
-    per_1k_rows: float
+    per_1k_rows: float | None  # None: rows are not priced
+    per_1k_input_tokens: float | None = None  # LLMs: prompt tokens
+    per_1k_output_tokens: float | None = None  # LLMs: completion tokens
     currency: str
+
+
+CONTEXT_LENGTH = "context_length"  # the registered-version metric an LLM's card shows
+
+
+def price(prices: CatalogConfig) -> Price | None:
+    """What ``prices`` charges; None when it sets no price at all."""
+    if (prices.price_per_1k_rows is None and prices.price_per_1k_input_tokens is None
+            and prices.price_per_1k_output_tokens is None):
+        return None
+    return Price(per_1k_rows=prices.price_per_1k_rows,
+                 per_1k_input_tokens=prices.price_per_1k_input_tokens,
+                 per_1k_output_tokens=prices.price_per_1k_output_tokens,
+                 currency=prices.currency)
+
+
+def usage_cost(row: UsageRow, prices: CatalogConfig) -> float | None:
+    """What ``row`` costs: answered rows (status 200) x price_per_1k_rows / 1000 + prompt
+    tokens x price_per_1k_input_tokens / 1000 + completion tokens x price_per_1k_output_tokens
+    / 1000. Tokens are priced as the engine counted them, also for a client that went away
+    mid-generation (4xx), but not after a server error (5xx). None: nothing to price."""
+    if price(prices) is None or row.status >= 500:
+        return None
+    rows = row.rows if row.status == 200 else 0
+    if rows == 0 and row.prompt_tokens == 0 and row.completion_tokens == 0:
+        return None if row.status != 200 else 0.0
+    return (rows * (prices.price_per_1k_rows or 0.0)
+            + row.prompt_tokens * (prices.price_per_1k_input_tokens or 0.0)
+            + row.completion_tokens * (prices.price_per_1k_output_tokens or 0.0)) / 1000.0
 
 
 class ModelCard(BaseModel):
@@ -50,6 +84,7 @@ class ModelCard(BaseModel):
     production_version: int | None
     variant: str | None
     metrics: dict[str, float]
+    context_length: int | None = None  # LLMs: prompt + completion tokens at most
     agreement: CardAgreement | None  # None: no acceptance needed
     price: Price | None  # None: not priced
 
@@ -72,8 +107,8 @@ def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | Non
         except RegistryError:
             info = None
     agreement = store.agreement(entry.name) if store is not None else None
-    price = (None if entry.price_per_1k_rows is None else
-             Price(per_1k_rows=entry.price_per_1k_rows, currency=entry.currency))
+    metrics = info.metrics if info else {}
+    context = metrics.get(CONTEXT_LENGTH)
     return ModelCard(
         name=entry.name, description=entry.description or (info.description if info else ""),
         tags=entry.tags, infer_url=infer_route(entry.name),
@@ -82,10 +117,11 @@ def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | Non
         inputs=info.inputs if info else [], outputs=info.outputs if info else [],
         versions=versions, aliases=aliases,
         production_version=info.version if info else None,
-        variant=info.variant if info else None, metrics=info.metrics if info else {},
+        variant=info.variant if info else None, metrics=metrics,
+        context_length=None if context is None else int(context),
         agreement=(None if agreement is None else CardAgreement(
             version=agreement.version, **agreement.terms.model_dump())),
-        price=price)
+        price=price(entry))
 
 
 def catalog(all_entries: list[CatalogEntry], registry: Registry, store: AccessStore | None,

@@ -2,6 +2,10 @@
 
     <access.payload_dir>/<model>/<YYYY-MM-DD>.jsonl     one JSON object per request
 
+An infer request's record holds its ``inputs`` (OIP tensors); an LLM request's its ``prompt``
+(text or chat messages) and ``completion`` (:meth:`PayloadLog.add_text`). Both are redacted
+the same way: ``digest`` keeps a sha256, ``mask_pii`` masks every string in them.
+
 Written only when the model's ``agreement.data_usage.log_payloads`` is true *and* the tenant did
 not refuse it when accepting (``maas agreements accept --no-payload-logging``). Files older
 than ``retention_days`` are deleted. Nothing else in maas writes request payloads anywhere.
@@ -41,7 +45,13 @@ def _mask(values: Any) -> Any:
         return mask_text(values)
     if isinstance(values, list):
         return [_mask(v) for v in values]
+    if isinstance(values, dict):  # chat messages: {"role": ..., "content": ...}
+        return {k: _mask(v) for k, v in values.items()}
     return values
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def redact(inputs: list[dict[str, Any]], redaction: str) -> list[dict[str, Any]]:
@@ -50,10 +60,22 @@ def redact(inputs: list[dict[str, Any]], redaction: str) -> list[dict[str, Any]]
         return inputs
     if redaction == "digest":
         return [{"name": t["name"], "shape": t["shape"], "datatype": t["datatype"],
-                 "sha256": hashlib.sha256(json.dumps(t["data"]).encode()).hexdigest()}
+                 "sha256": _sha256(t["data"])}
                 for t in inputs]
     if redaction == "mask_pii":
         return [dict(t, data=_mask(t["data"])) for t in inputs]
+    raise ValueError(f"redaction {redaction!r}: use none, digest or mask_pii")
+
+
+def redact_text(value: Any, redaction: str) -> Any:
+    """An LLM prompt or completion (text, or chat messages) as the payload log may keep it:
+    as sent, ``{"sha256": ...}``, or with every string masked."""
+    if redaction == "none":
+        return value
+    if redaction == "digest":
+        return {"sha256": _sha256(value)}
+    if redaction == "mask_pii":
+        return _mask(value)
     raise ValueError(f"redaction {redaction!r}: use none, digest or mask_pii")
 
 
@@ -72,7 +94,18 @@ class PayloadLog:
             inputs: list[dict[str, Any]]) -> None:
         record = {"time": time.time(), "tenant": tenant, "key_id": key_id, "version": version,
                   "inputs": redact(inputs, self.terms.redaction)}
-        if self.terms.redaction == "none":
+        self._append(record, request_id)
+
+    def add_text(self, tenant: str, key_id: str, version: str, request_id: str | None,
+                 prompt: Any, completion: Any) -> None:
+        """An LLM request: its ``prompt`` (text or chat messages) and ``completion`` text."""
+        redaction = self.terms.redaction
+        self._append({"time": time.time(), "tenant": tenant, "key_id": key_id,
+                      "version": version, "prompt": redact_text(prompt, redaction),
+                      "completion": redact_text(completion, redaction)}, request_id)
+
+    def _append(self, record: dict[str, Any], request_id: str | None) -> None:
+        if self.terms.redaction == "none":  # a client's id can carry what was redacted
             record["id"] = request_id
         with self._lock:
             self._pending.append(record)

@@ -3,7 +3,8 @@
     /                     the server app: health, metadata and catalog under /v2, the API
                           docs (/docs, /openapi.json) and a home page at /
     /v2/models/<name>     one app per model (Open Inference Protocol v2)
-    /v1                   the OpenAI-compatible app, when a text-embedding model is served
+    /v1                   the OpenAI-compatible app, when a text-embedding model or a
+                          language model is served
 
 Serve routes a request to the app with the longest matching prefix, so the server app at ``/``
 sees only what no other app claims (e.g. ``/v2/models/<a model not served>``).
@@ -38,3 +39,8 @@ def infer_route(model_name: str) -> str:
 
 def embeddings_route() -> str:
     return f"{OPENAI_ROUTE}/embeddings"
+
+
+def chat_route() -> str:
+    """OpenAI-compatible chat completions, for the language models (pretrained.task chat)."""
+    return f"{OPENAI_ROUTE}/chat/completions"

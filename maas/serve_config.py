@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from maas.app_args import embedding_models, embeddings_args, inference_args, server_args
+from maas.app_args import (chat_models, embedding_models, embeddings_args, inference_args,
+                           is_chat_model, server_args)
 from maas.config import DeployConfig
 from maas.routes import (OPENAI_APP, OPENAI_ROUTE, SERVER_APP, SERVER_ROUTE, model_app_name,
                          model_route)
@@ -29,9 +30,10 @@ def _application(name: str, route: str, module: str, args: BaseModel) -> dict[st
 def serve_config(cfg: DeployConfig) -> dict[str, Any]:
     """The config document (``ServeDeploySchema``): the server app and one app per model."""
     applications = [_application(SERVER_APP, SERVER_ROUTE, "server", server_args(cfg))]
-    applications += [_application(model_app_name(m.name), model_route(m.name), "inference",
+    applications += [_application(model_app_name(m.name), model_route(m.name),
+                                  "llm" if is_chat_model(m) else "inference",
                                   inference_args(cfg, m)) for m in cfg.models]
-    if embedding_models(cfg):
+    if embedding_models(cfg) or chat_models(cfg):
         applications.append(_application(OPENAI_APP, OPENAI_ROUTE, "embeddings",
                                          embeddings_args(cfg)))
     # No http_options: the proxy's bind address belongs to the cluster (`maas up` on a laptop,

@@ -13,11 +13,11 @@ import time
 import requests
 from ray import serve
 
-from maas.app_args import embeddings_args, inference_args, server_args
+from maas.app_args import embeddings_args, inference_args, is_chat_model, server_args
 from maas.config import DeployConfig, ModelConfig
 from maas.routes import (LEGACY_SERVER_APP, OIP_ROOT, OPENAI_APP, OPENAI_ROUTE, SERVER_APP,
                          SERVER_ROUTE, infer_route, model_app_name, model_route)
-from serve_apps import embeddings, inference, server
+from serve_apps import embeddings, inference, llm, server
 
 
 def _serving(url: str, key: str, expected: str) -> bool:
@@ -44,7 +44,8 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
         serve.run(server.build_app(settings), name=SERVER_APP, route_prefix=SERVER_ROUTE)
     args = inference_args(cfg, model)
     if not _serving(f"{root}{model_route(model.name)}/ready", "settings", args.digest()):
-        serve.run(inference.build_app(args), name=model_app_name(model.name),
+        app = llm if is_chat_model(model) else inference  # a chat LLM: the generation engine
+        serve.run(app.build_app(args), name=model_app_name(model.name),
                   route_prefix=model_route(model.name))
     if model.source == "pretrained":
         routes = embeddings_args(cfg)

@@ -1,8 +1,14 @@
-"""An OpenAI-compatible embeddings API in front of the text-embedding models, mounted at ``/v1``.
+"""The OpenAI-compatible API in front of the text-embedding and chat models, at ``/v1``.
 
     POST /v1/embeddings     {"model": "minilm", "input": "text" | ["text", ...],
                              "encoding_format": "float" | "base64"}
+    POST /v1/chat/completions   {"model": "smollm2", "messages": [...], "stream": true, ...}
+    POST /v1/completions        {"model": "smollm2", "prompt": "...", ...}
     GET  /v1/models         GET /v1/models/<name>         GET /v1/health
+
+Chat and completions go to the chat model's own app (serve_apps.llm) over a streaming
+DeploymentHandle; its replica checks the key, agreement, rate and token limits and meters the
+tokens; this app renders OpenAI's answer or its server-sent events (serve_apps.chat).
 
 Works with the ``openai`` client (``OpenAI(base_url="http://127.0.0.1:8000/v1",
 api_key=<maas key>)``). ``model`` is a model name (its production version, or its canary by
@@ -22,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
@@ -32,6 +38,8 @@ from maas.oip import InferenceRequest, InferError, RequestInput
 from maas.registry import is_version_number
 from maas.routes import OPENAI_APP, model_app_name
 from maas.text import OUTPUT_NAME, TEXT_INPUT, TOKENS_OUTPUT
+from serve_apps.chat import Rendering
+from serve_apps.chat_types import ChatCompletion, ChatRequest, Completion, CompletionRequest
 from serve_apps.gate import AccessGate, visible_models
 from serve_apps.http import CallFailure, api_body, make_api, read_json_body, validation_error
 from serve_apps.openai_types import (ERROR_TYPES, EmbeddingData, EmbeddingRequest,
@@ -44,6 +52,8 @@ api = make_api(title="maas OpenAI-compatible API",
                render=openai_error)
 ERRORS = {status: {"model": OpenAIError} for status in ERROR_TYPES}
 EMBEDDINGS_BODY = api_body(api, EmbeddingRequest)
+CHAT_BODY = api_body(api, ChatRequest)
+COMPLETIONS_BODY = api_body(api, CompletionRequest)
 
 
 @serve.deployment
@@ -68,30 +78,85 @@ class Embeddings:
     @api.get("/models", response_model=ModelList, responses=ERRORS)
     async def models(self, request: Request) -> ModelList:
         visible = await visible_models(self.gate, request.headers)
-        return ModelList(data=[self._card(n) for n in sorted(self.args.models) if visible(n)])
+        names = sorted({*self.args.models, *self.args.chat_models})
+        return ModelList(data=[self._card(n) for n in names if visible(n)])
 
     @api.get("/models/{name}", response_model=ModelCardOpenAI, responses=ERRORS)
     async def model(self, name: str, request: Request) -> ModelCardOpenAI:
-        self._known(name, await visible_models(self.gate, request.headers))
+        visible = await visible_models(self.gate, request.headers)
+        if name not in self.args.chat_models or not visible(name):
+            self._known(name, visible)
         return self._card(name)
 
-    def _known(self, name: str, visible: Callable[[str], bool]) -> None:
-        if name not in self.args.models or not visible(name):
-            served = sorted(n for n in self.args.models if visible(n))
-            raise InferError(404, f"model: {name!r} is not an embedding model you can use "
-                                  f"here; yours: {served}", param="model")
+    def _known(self, name: str, visible: Callable[[str], bool], chat: bool = False) -> None:
+        models = self.args.chat_models if chat else self.args.models
+        if name not in models or not visible(name):
+            served = sorted(n for n in models if visible(n))
+            kind = "a chat" if chat else "an embedding"
+            raise InferError(404, f"model: {name!r} is not {kind} model you can use here; "
+                                  f"yours: {served}", param="model")
+
+    @staticmethod
+    def _version(model: str) -> tuple[str, str]:
+        name, _, version = model.partition("@")
+        if version and not is_version_number(version):
+            raise InferError(400, f"model: {model!r}: after '@' comes a version number",
+                             param="model")
+        return name, version
+
+    @api.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS,
+              openapi_extra=CHAT_BODY)
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, ChatRequest, "chat")
+
+    @api.post("/completions", response_model=Completion, responses=ERRORS,
+              openapi_extra=COMPLETIONS_BODY)
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, CompletionRequest, "complete")
+
+    async def _generate(self, request: Request, kind: type, method: str) -> Response:
+        visible = await visible_models(self.gate, request.headers)
+        body = await self._body(request, kind)
+        name, version = self._version(body.model)
+        self._known(name, visible, chat=True)
+        headers = {k: v for k, v in request.headers.items() if k == "authorization"}
+        try:
+            handle = (await self._handle(name)).options(stream=True)
+            stream = getattr(handle, method).remote(headers, body, version or None)
+            first = await anext(stream)
+        except Exception as exc:  # noqa: BLE001 - the model's app is down or being replaced
+            raise InferError(503, f"model {name!r} cannot answer now ({type(exc).__name__}); "
+                                  f"retry, and see `maas status`") from None
+        if isinstance(first, CallFailure):  # refused before its first token
+            stream.cancel()
+            raise first.error()
+        rendering = Rendering(body, name)
+        if body.stream:
+            return StreamingResponse(self._events(rendering, first, stream),
+                                     media_type="text/event-stream")
+        chunks = [first]
+        async for chunk in stream:
+            chunks.append(chunk)
+        return Response(rendering.whole(chunks).model_dump_json(),
+                        media_type="application/json")
+
+    @staticmethod
+    async def _events(rendering: Rendering, first, stream):
+        """The SSE body; when the client goes away, the replica's generation is cancelled."""
+        try:
+            async for event in rendering.events(first, stream):
+                yield event
+        finally:
+            stream.cancel()
 
     @api.post("/embeddings", response_model=EmbeddingResponse, responses=ERRORS,
               openapi_extra=EMBEDDINGS_BODY)
     async def embeddings(self, request: Request) -> Response:
         # Refuse unknown keys before reading a body, and name no model to them.
         visible = await visible_models(self.gate, request.headers)
-        body = await self._body(request)
-        name, _, version = body.model.partition("@")
+        body = await self._body(request, EmbeddingRequest)
+        name, version = self._version(body.model)
         self._known(name, visible)
-        if version and not is_version_number(version):
-            raise InferError(400, f"model: {body.model!r}: after '@' comes a version number",
-                             param="model")
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or len(texts) > self.args.models[name]:
             raise InferError(400, f"input: send 1 to {self.args.models[name]} texts "
@@ -120,10 +185,10 @@ class Embeddings:
                                    usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
         return Response(answer.model_dump_json(), media_type="application/json")
 
-    async def _body(self, request: Request) -> EmbeddingRequest:
+    async def _body(self, request: Request, kind: type):
         raw = await read_json_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
         try:
-            return EmbeddingRequest.model_validate_json(raw)
+            return kind.model_validate_json(raw)
         except ValidationError as exc:
             raise validation_error(exc.errors()) from None
 

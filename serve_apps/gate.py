@@ -7,9 +7,10 @@
 
 Keys and acceptances are held in memory and re-read every ``access.refresh_s``; one not yet
 seen is looked up at once (at most once a second each), so a new key works on its first
-request. Rates and quotas are leased from one limiter actor per store (serve_apps.limiter).
-Usage counts and allowed payloads are written every ``access.usage_flush_s`` by a background
-thread (serve_apps.metering, maas.payloads).
+request. Rates and quotas are leased from one limiter actor per store (serve_apps.limiter);
+LLM routes then reserve the request's tokens from it (serve_apps.tokens). Usage counts and
+allowed payloads are written every ``access.usage_flush_s`` by a background thread
+(serve_apps.metering, maas.payloads).
 """
 
 import asyncio
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from maas.access import (ANONYMOUS, KEY_PREFIX, Acceptance, AccessStore, Agreement, KeyRecord,
                          Refusal, iso, split_key)
@@ -25,7 +27,7 @@ from maas.app_args import AccessArgs
 from maas.config import AgreementConfig
 from maas.oip import RequestInput
 from maas.payloads import PayloadLog
-from serve_apps.limiter import Leases
+from serve_apps.limiter import Leases, TokenBudget, limiter_for
 from serve_apps.metering import UsageMeter
 
 log = logging.getLogger("ray.serve")
@@ -39,6 +41,7 @@ class Admission:
     tenant: str
     key_id: str
     log_payloads: bool
+    key: KeyRecord | None = None  # None: access off, or refused; its token limits, if any
 
 
 NOBODY = Admission(ANONYMOUS, ANONYMOUS, False)
@@ -62,7 +65,8 @@ class AccessGate:
     for the server app's catalog)."""
 
     def __init__(self, args: AccessArgs, model: str | None = None,
-                 terms: AgreementConfig | None = None):
+                 terms: AgreementConfig | None = None,
+                 connect: Callable[[str], Any] = limiter_for):
         self.args = args
         self.model = model
         self.store = AccessStore(args.url())
@@ -81,7 +85,9 @@ class AccessGate:
         self._verified: dict[str, tuple[str, str]] = {}  # header -> (key id, hash it matched)
         self._lookup_window = (0.0, 0)
         self._reload()
-        self.leases = Leases(self.store)
+        # connect: store URL -> the limiter actor (serve_apps.limiter.limiter_for)
+        self.leases = Leases(self.store, connect)
+        self.tokens = TokenBudget(self.store, connect)
         self.meter = UsageMeter(self.store)
         self._stop = threading.Event()
         threading.Thread(target=self._background, name="maas-access", daemon=True).start()
@@ -139,6 +145,15 @@ class AccessGate:
         if admission.log_payloads and payloads is not None:
             payloads.add(admission.tenant, admission.key_id, version, request_id,
                          [tensor.model_dump() for tensor in inputs])
+
+    def log_text(self, admission: Admission, version: str, request_id: str | None,
+                 prompt: Any, completion: Any) -> None:
+        """An LLM request's prompt (its text, or its chat messages) and completion, into the
+        payload log where the terms and the tenant allow it, redacted as the terms say."""
+        payloads = self.payloads
+        if admission.log_payloads and payloads is not None:
+            payloads.add_text(admission.tenant, admission.key_id, version, request_id, prompt,
+                              completion)
 
     def close(self) -> None:
         self._stop.set()
@@ -226,7 +241,7 @@ class AccessGate:
                               record.key_id)
             log_payloads = accepted.log_payloads and self.payloads is not None
         await self.leases.take(record)
-        return Admission(record.tenant, record.key_id, log_payloads)
+        return Admission(record.tenant, record.key_id, log_payloads, record)
 
     def _not_accepted(self, tenant: str) -> str:
         agreement = self.agreement

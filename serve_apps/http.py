@@ -87,9 +87,10 @@ class CallFailure:
     status: int
     message: str
     headers: dict[str, str] | None
+    param: str | None = None
 
     def error(self) -> InferError:
-        return InferError(self.status, self.message, self.headers)
+        return InferError(self.status, self.message, self.headers, param=self.param)
 
 
 ErrorRenderer = Callable[[MaasError], JSONResponse]

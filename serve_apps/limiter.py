@@ -3,6 +3,9 @@
 A replica does not ask per request: it leases a few tokens of a key's rate and quota
 (:mod:`maas.limits`) and spends them locally, returning what it did not use with its next ask;
 a busy key's lease is topped up in the background before it runs out.
+
+LLM tokens are reserved whole per request from the same actor (:class:`TokenBudget`): all of
+prompt + ``max_tokens`` before generation, the unused part handed back after it.
 """
 
 import asyncio
@@ -10,7 +13,7 @@ import hashlib
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -18,7 +21,9 @@ from maas.access import AccessStore, KeyRecord, Quota, Refusal, iso
 from maas.limits import Buckets, Grant, lease_size
 
 log = logging.getLogger("ray.serve")
-LIMITER_PROTOCOL = 2  # raise when what acquire() takes changes (2: Quota in maas.access.records)
+# Raise when what the actor's methods take changes (2: Quota in maas.access.records;
+# 3: Quota.unit, reserve() and release() for LLM tokens).
+LIMITER_PROTOCOL = 3
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -26,11 +31,21 @@ class Limiter:
     """The one place a store's rates and quotas are counted (see maas.limits)."""
 
     def __init__(self, url: str):
-        self.buckets = Buckets(AccessStore(url).quota_used)
+        store = AccessStore(url)
+        self.buckets = Buckets(store.quota_used)
+        self.tokens = Buckets(store.token_quota_used)  # LLM tokens, reserved per request
 
     def acquire(self, key_id: str, want: int, returned: int, rate: float | None, capacity: int,
                 quota: Quota | None) -> Grant:
         return self.buckets.acquire(key_id, want, returned, rate, capacity, quota)
+
+    def reserve(self, key_id: str, amount: int, rate: float | None, capacity: int,
+                quota: Quota | None) -> Grant:
+        return self.tokens.reserve(key_id, amount, rate, capacity, quota)
+
+    def release(self, key_id: str, amount: int, rate: float | None, capacity: int,
+                quota: Quota | None) -> None:
+        self.tokens.release(key_id, amount, rate, capacity, quota)
 
 
 def limiter_for(url: str) -> Any:
@@ -69,8 +84,9 @@ class Leases:
     ASK_TIMEOUT_S = 2.0
     TOP_UP_FROM = 4  # leases of at least this many tokens are topped up ahead of time
 
-    def __init__(self, store: AccessStore):
+    def __init__(self, store: AccessStore, connect: Callable[[str], Any] = limiter_for):
         self.url = store.url
+        self._connect = connect  # store URL -> the limiter actor's handle
         self._actor: Any = None
         # While the actor cannot be reached (restarting, its node lost) this replica counts
         # alone: limits then hold per replica instead of across them, and serving goes on.
@@ -130,7 +146,7 @@ class Leases:
         args = (record.key_id, want, returned, record.rate, record.capacity, record.quota)
         try:
             if self._actor is None:
-                self._actor = await asyncio.to_thread(limiter_for, self.url)
+                self._actor = await asyncio.to_thread(self._connect, self.url)
             return await asyncio.wait_for(self._actor.acquire.remote(*args), self.ASK_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - any failure: count locally, say so
             self._actor = None
@@ -149,3 +165,63 @@ class Leases:
             message = (f"rate: {record.label} may send {record.rate:g} requests/s (bursts "
                        f"of {record.capacity}); retry in {wait_s:.3f} s")
         return Refusal(429, message, record.tenant, record.key_id, {"Retry-After": retry})
+
+
+class TokenBudget:
+    """A replica's side of a key's LLM token limits (``--tokens-per-minute``,
+    ``--token-quota``): one whole reservation per request from the limiter actor, the unused
+    part released after generation. Counted per replica while the actor cannot be reached,
+    like :class:`Leases`; a release goes back to whichever granted the reservation."""
+
+    ASK_TIMEOUT_S = 2.0
+
+    def __init__(self, store: AccessStore, connect: Callable[[str], Any] = limiter_for):
+        self.url = store.url
+        self._connect = connect
+        self._actor: Any = None
+        self._local = Buckets(store.token_quota_used)
+        self._warned = 0.0
+
+    @staticmethod
+    def limited(record: KeyRecord) -> bool:
+        return record.tokens_per_minute is not None or record.token_quota is not None
+
+    @staticmethod
+    def _limits(record: KeyRecord) -> tuple[float | None, int, Quota | None]:
+        """(tokens per second, bucket capacity: a minute's worth, token quota)."""
+        per_minute = record.tokens_per_minute
+        return (None if per_minute is None else per_minute / 60.0, per_minute or 0,
+                record.token_quota)
+
+    async def reserve(self, record: KeyRecord, amount: int) -> tuple[Grant, bool]:
+        """(the grant of all ``amount`` tokens or a refusal, whether this replica's own
+        buckets answered because the actor could not be reached)."""
+        args = (record.key_id, amount, *self._limits(record))
+        try:
+            if self._actor is None:
+                self._actor = await asyncio.to_thread(self._connect, self.url)
+            return await asyncio.wait_for(self._actor.reserve.remote(*args),
+                                          self.ASK_TIMEOUT_S), False
+        except Exception as exc:  # noqa: BLE001 - any failure: count locally, say so
+            self._actor = None
+            if time.monotonic() - self._warned > 30:
+                self._warned = time.monotonic()
+                log.warning("rate limiter actor unreachable (%s); limiting tokens per "
+                            "replica", exc)
+            return await asyncio.to_thread(self._local.reserve, *args), True
+
+    def release(self, record: KeyRecord, amount: int, local: bool) -> None:
+        """Hand back ``amount`` unused tokens (negative: used beyond the reservation) to
+        whichever granted them. Never blocks: an actor call is only sent, and the local
+        buckets are in memory. Lost if the actor went away: a restarted actor re-reads the
+        period's tokens from the usage table, where the engine's counts are."""
+        if amount == 0:
+            return
+        args = (record.key_id, amount, *self._limits(record))
+        try:
+            if local:
+                self._local.release(*args)
+            elif self._actor is not None:
+                self._actor.release.remote(*args)
+        except Exception as exc:  # noqa: BLE001 - metering must not fail a finished request
+            log.warning("unused tokens of %s not handed back: %s", record.label, exc)

@@ -12,8 +12,9 @@ from maas.access import AccessStore
 
 
 class UsageMeter:
-    """Counts per (minute, tenant, key, model, version, status), added to the store by
-    :meth:`flush`; counts a failed write could not store are kept for the next.
+    """Counts per (minute, tenant, key, model, version, status): requests, rows, latency and
+    LLM prompt and completion tokens, added to the store by :meth:`flush`; counts a failed
+    write could not store are kept for the next.
 
     A request only appends a tuple to a deque (thread-safe, no lock: a lock and a dict update
     per request showed up at 1% of a replica's samples); the flush thread sums them."""
@@ -24,25 +25,27 @@ class UsageMeter:
         self._unwritten: dict[tuple, list[float]] = {}
 
     def record(self, tenant: str, key_id: str, model: str, version: str, status: int,
-               rows: int, ms: float) -> None:
-        self._events.append((time.time(), tenant, key_id, model, version, status, rows, ms))
+               rows: int, ms: float, prompt_tokens: int = 0, completion_tokens: int = 0
+               ) -> None:
+        self._events.append((time.time(), tenant, key_id, model, version, status, rows, ms,
+                             prompt_tokens, completion_tokens))
 
     def flush(self) -> None:
         counts, self._unwritten = self._unwritten, {}
         events = self._events
         while True:
             try:
-                at, tenant, key_id, model, version, status, rows, ms = events.popleft()
+                at, tenant, key_id, model, version, status, *amounts = events.popleft()
             except IndexError:
                 break
             key = (int(at // 60 * 60), tenant, key_id, model, version, status)
             count = counts.get(key)
             if count is None:
-                counts[key] = [1, rows, ms]
+                counts[key] = [1, *amounts]  # requests, rows, ms, prompt, completion tokens
             else:
                 count[0] += 1
-                count[1] += rows
-                count[2] += ms
+                for i, amount in enumerate(amounts, 1):
+                    count[i] += amount
         try:
             self.store.add_usage(counts)
         except Exception:
@@ -72,11 +75,15 @@ class ReplicaMetrics:
             "maas_request_latency_ms", description="infer latency inside the replica (ms)",
             boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000],
             tag_keys=("model", "version"))
+        self._tokens = metrics.Counter(
+            "maas_tokens", description="LLM tokens metered, by kind (prompt or completion)",
+            tag_keys=("model", "version", "kind"))
         self.batch_size = metrics.Histogram(
             "maas_batch_size", description="requests per ONNX Runtime call",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=("model",))
         self._pending: Counter = Counter()  # (tenant, model, version, status) -> requests
         self._pending_rows: Counter = Counter()  # (model, version) -> rows
+        self._pending_tokens: Counter = Counter()  # (model, version, kind) -> tokens
         self._flushed = time.monotonic()
 
     def record(self, tenant: str, model: str, version: str, status: int, rows: int,
@@ -88,18 +95,25 @@ class ReplicaMetrics:
         if time.monotonic() - self._flushed >= self.FLUSH_S:
             self.flush()
 
+    def record_tokens(self, model: str, version: str, prompt_tokens: int,
+                      completion_tokens: int) -> None:
+        """An LLM request's tokens (its request is counted by :meth:`record`)."""
+        self._pending_tokens[(model, version, "prompt")] += prompt_tokens
+        self._pending_tokens[(model, version, "completion")] += completion_tokens
+
     async def flush_forever(self) -> None:
         """Flush once a second also when no request comes to do it (the last counts of a
         burst would otherwise wait for the next request). On the replica's event loop, like
         :meth:`record`, so the two never race."""
         while True:
             await asyncio.sleep(self.FLUSH_S)
-            if time.monotonic() - self._flushed >= self.FLUSH_S and self._pending:
+            if time.monotonic() - self._flushed >= self.FLUSH_S and (self._pending or
+                                                                     self._pending_tokens):
                 self.flush()
 
     def flush(self) -> None:
-        pending, rows = self._pending, self._pending_rows
-        self._pending, self._pending_rows = Counter(), Counter()
+        pending, rows, tokens = self._pending, self._pending_rows, self._pending_tokens
+        self._pending, self._pending_rows, self._pending_tokens = Counter(), Counter(), Counter()
         self._flushed = time.monotonic()
         for (tenant, model, version, status), count in pending.items():
             self._requests.inc(count, tags={"tenant": tenant, "model": model, "version": version,
@@ -107,3 +121,6 @@ class ReplicaMetrics:
         for (model, version), count in rows.items():
             if count:
                 self._rows.inc(count, tags={"model": model, "version": version})
+        for (model, version, kind), count in tokens.items():
+            if count:
+                self._tokens.inc(count, tags={"model": model, "version": version, "kind": kind})

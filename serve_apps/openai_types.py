@@ -74,7 +74,7 @@ class OpenAIError(BaseModel):
 
 def openai_error(error: MaasError) -> JSONResponse:
     """A refusal in OpenAI's shape; ``param`` is what the error says is at fault."""
-    param = error.param if error.param in EmbeddingRequest.model_fields else None
+    param = error.param
     detail = OpenAIErrorDetail(
         message=error.message, type=ERROR_TYPES.get(error.status, "server_error"), param=param,
         code="model_not_found" if error.status == 404 else None)

@@ -130,7 +130,8 @@ class Server:
     @api.get(f"{OIP_ROOT}/catalog", response_model=list[ModelCard],
              responses={401: {"model": ErrorBody}})
     async def catalog(self, request: Request) -> list[ModelCard]:
-        """A card per model the key may use: signature, versions, metrics, terms, price."""
+        """A card per model the key may use: signature, versions, metrics, terms, price (per
+        1,000 rows; for an LLM per 1,000 input and output tokens, with its context length)."""
         visible = await visible_models(self.gate, request.headers)
         cards = await asyncio.to_thread(self._all_cards)
         return [card for card in cards if visible(card.name)]

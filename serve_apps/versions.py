@@ -11,7 +11,7 @@ import random
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,16 +85,22 @@ class Versions:
     ``version``), swapped in whole, and up to EXPLICIT_VERSIONS_KEPT asked for by number."""
 
     def __init__(self, registry: Registry, name: str, threads: int, pinned: int | None,
-                 poll_s: float, canary_weight: float):
+                 poll_s: float, canary_weight: float,
+                 loader: Callable[[Registry, str, int], Any] | None = None,
+                 explicit_kept: int = EXPLICIT_VERSIONS_KEPT):
         self.registry, self.name, self.threads = registry, name, threads
         self.canary_weight = canary_weight
+        # What a version becomes in memory: an ONNX session here; serve_apps.llm loads an
+        # engine with its cache instead, and keeps fewer of them.
+        self._loader = loader or (lambda reg, model, number: load(reg, model, number, threads))
+        self._explicit_kept = explicit_kept
         self._load_lock = threading.Lock()
         self._explicit: OrderedDict[int, Loaded] = OrderedDict()
         self._live: dict[str, Loaded] = {}
         self.numbers: list[str] = []
         self._stop = threading.Event()
         if pinned is not None:
-            self._live = {PRODUCTION: load(registry, name, pinned, threads)}
+            self._live = {PRODUCTION: self._loader(registry, name, pinned)}
             self.numbers = [str(pinned)]
             return
         self.refresh()  # no production version: the replica fails to start, saying so
@@ -102,7 +108,7 @@ class Versions:
                          daemon=True).start()
 
     @property
-    def production(self) -> Loaded:
+    def production(self) -> Any:
         return self._live[PRODUCTION]
 
     def _cached(self, version: int) -> Loaded | None:
@@ -122,7 +128,7 @@ class Versions:
             if alias in aliases:
                 with self._load_lock:
                     live[alias] = (self._cached(aliases[alias])
-                                   or load(self.registry, self.name, aliases[alias], self.threads))
+                                   or self._loader(self.registry, self.name, aliases[alias]))
         self._live = live  # one assignment: a request sees the old set or the new, never half
         self.numbers = [str(v) for v in self.registry.version_numbers(self.name)]
 
@@ -133,7 +139,7 @@ class Versions:
             except Exception as exc:  # keep serving what is loaded; say why it did not change
                 log.warning("model %s: aliases not refreshed: %s", self.name, exc)
 
-    def pick(self) -> Loaded:
+    def pick(self) -> Any:
         """The version an unversioned request gets: production, or by ``canary_weight`` the
         canary."""
         live = self._live
@@ -143,7 +149,7 @@ class Versions:
             return canary
         return live[PRODUCTION]
 
-    def by_number(self, version: str) -> Loaded:
+    def by_number(self, version: str) -> Any:
         """The loaded ``version`` (a path segment); 404 for one that is not registered.
         Blocking (it may load): call it off the event loop."""
         if not is_version_number(version) or not 1 <= int(version) <= MAX_VERSION:
@@ -151,10 +157,10 @@ class Versions:
                                   f"versions: {self.numbers}")
         number = int(version)
         with self._load_lock:
-            loaded = self._cached(number) or load(self.registry, self.name, number, self.threads)
+            loaded = self._cached(number) or self._loader(self.registry, self.name, number)
             self._explicit[number] = loaded
             self._explicit.move_to_end(number)
-            while len(self._explicit) > EXPLICIT_VERSIONS_KEPT:
+            while len(self._explicit) > self._explicit_kept:
                 self._explicit.popitem(last=False)
         return loaded
 

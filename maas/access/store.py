@@ -13,7 +13,6 @@ hash would add latency to every request without making a guess any less hopeless
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 import time
@@ -22,14 +21,10 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from maas.access.records import (KEY_PREFIX, Acceptance, AccessError, Agreement, KeyRecord,
-                                 Quota, UsageRow, key_digest, stored_terms, terms_digest)
-from maas.access.tables import (UsageKey, acceptances, agreements, api_keys, engine, tenants,
-                                usage)
+                                 Quota, key_digest, stored_terms, terms_digest)
+from maas.access.tables import acceptances, agreements, api_keys, engine, tenants
+from maas.access.usage import UsageQueries
 from maas.config import TENANT_PATTERN, AgreementConfig, ModelConfig
-
-# Requests refused before they reach a model use no quota (nor does the quota count them).
-UNCOUNTED_STATUSES = (401, 403, 429)
-
 
 def _key_record(row: Any) -> KeyRecord:
     return KeyRecord(
@@ -37,7 +32,10 @@ def _key_record(row: Any) -> KeyRecord:
         rate=row.rate, burst=row.burst,
         quota=Quota(row.quota, row.quota_period) if row.quota is not None else None,
         salt=row.salt, key_hash=row.key_hash, created_at=row.created_at,
-        created_by=row.created_by, revoked_at=row.revoked_at)
+        created_by=row.created_by, revoked_at=row.revoked_at,
+        tokens_per_minute=row.tokens_per_minute,
+        token_quota=(Quota(row.token_quota, row.token_quota_period, "tokens")
+                     if row.token_quota is not None else None))
 
 
 def _agreement(row: Any) -> Agreement:
@@ -50,8 +48,9 @@ def _acceptance(row: Any) -> Acceptance:
                       bool(row.log_payloads))
 
 
-class AccessStore:
-    """Reads and atomic writes (one transaction each) on the access database at ``url``."""
+class AccessStore(UsageQueries):
+    """Reads and atomic writes (one transaction each) on the access database at ``url``;
+    usage is read and added through :class:`maas.access.usage.UsageQueries`."""
 
     def __init__(self, url: str):
         self.url = url
@@ -65,8 +64,10 @@ class AccessStore:
 
     def create_key(self, tenant: str, models: Iterable[str], rate: float | None = None,
                    burst: int | None = None, quota: Quota | None = None,
-                   created_by: str = "") -> tuple[str, KeyRecord]:
-        """A new key for ``tenant`` (created if new): (the key, shown only now; its record)."""
+                   created_by: str = "", tokens_per_minute: int | None = None,
+                   token_quota: Quota | None = None) -> tuple[str, KeyRecord]:
+        """A new key for ``tenant`` (created if new): (the key, shown only now; its record).
+        ``tokens_per_minute`` and ``token_quota`` limit LLM prompt + completion tokens."""
         if not re.fullmatch(TENANT_PATTERN, tenant):
             raise AccessError(f"tenant {tenant!r}: use 1-63 letters, digits, '.', '_' or '-', "
                               f"starting with a letter or digit")
@@ -75,13 +76,17 @@ class AccessStore:
             raise AccessError("models: name at least one model, or '*' for every model")
         if burst is not None and (rate is None or burst < 1):
             raise AccessError("burst: needs a rate, and must be at least 1")
+        if tokens_per_minute is not None and tokens_per_minute < 1:
+            raise AccessError(f"tokens per minute: must be at least 1, got {tokens_per_minute}")
         key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_hex(16)
         now = time.time()
         row = {"key_id": key_id, "tenant": tenant, "models": json.dumps(scope), "rate": rate,
                "burst": burst, "quota": quota.limit if quota else None,
                "quota_period": quota.period if quota else None, "salt": salt,
                "key_hash": key_digest(salt, secret), "created_at": now, "created_by": created_by,
-               "revoked_at": None}
+               "revoked_at": None, "tokens_per_minute": tokens_per_minute,
+               "token_quota": token_quota.limit if token_quota else None,
+               "token_quota_period": token_quota.period if token_quota else None}
         with self.engine.begin() as conn:
             exists = conn.execute(sa.select(tenants.c.name).where(tenants.c.name == tenant)).first()
             if exists is None:
@@ -188,54 +193,6 @@ class AccessStore:
             query = query.where(acceptances.c.tenant == tenant)
         with self.engine.connect() as conn:
             return [_acceptance(row) for row in conn.execute(query)]
-
-    # ---- usage ----
-
-    def add_usage(self, counts: dict[UsageKey, list[float]]) -> None:
-        """Add ``counts`` ((minute, tenant, key, model, version, status) -> [requests, rows,
-        latency ms]) to the usage table, all in one transaction."""
-        if not counts:
-            return
-        with self.engine.begin() as conn:
-            for (minute, tenant, key_id, model, version, status), (n, rows, ms) in counts.items():
-                match = (usage.c.minute == minute, usage.c.tenant == tenant,
-                         usage.c.key_id == key_id, usage.c.model == model,
-                         usage.c.version == version, usage.c.status == status)
-                updated = conn.execute(usage.update().where(*match).values(
-                    requests=usage.c.requests + int(n), rows=usage.c.rows + int(rows),
-                    latency_ms=usage.c.latency_ms + ms))
-                if updated.rowcount == 0:
-                    conn.execute(usage.insert().values(
-                        minute=minute, tenant=tenant, key_id=key_id, model=model,
-                        version=version, status=status, requests=int(n), rows=int(rows),
-                        latency_ms=ms))
-
-    def usage(self, tenant: str | None = None, model: str | None = None,
-              since: float | None = None) -> list[UsageRow]:
-        """Usage summed per tenant, model, version and status."""
-        columns = (usage.c.tenant, usage.c.model, usage.c.version, usage.c.status)
-        query = sa.select(*columns, sa.func.sum(usage.c.requests).label("requests"),
-                          sa.func.sum(usage.c.rows).label("rows"),
-                          sa.func.sum(usage.c.latency_ms).label("latency_ms")
-                          ).group_by(*columns).order_by(*columns)
-        if tenant is not None:
-            query = query.where(usage.c.tenant == tenant)
-        if model is not None:
-            query = query.where(usage.c.model == model)
-        if since is not None:
-            query = query.where(usage.c.minute >= math.floor(since / 60) * 60)
-        with self.engine.connect() as conn:
-            return [UsageRow(r.tenant, r.model, r.version, r.status, int(r.requests), int(r.rows),
-                             round(r.latency_ms / r.requests, 3) if r.requests else 0.0)
-                    for r in conn.execute(query)]
-
-    def quota_used(self, key_id: str, since: float) -> int:
-        """Requests under ``key_id`` since ``since`` that counted toward its quota."""
-        query = sa.select(sa.func.coalesce(sa.func.sum(usage.c.requests), 0)).where(
-            usage.c.key_id == key_id, usage.c.minute >= math.floor(since / 60) * 60,
-            usage.c.status.not_in(UNCOUNTED_STATUSES))
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
 
 
 def publish_agreements(store: AccessStore, models: Iterable[ModelConfig]

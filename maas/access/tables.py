@@ -1,5 +1,9 @@
 """The access database's tables, and one engine per URL (SQLite in WAL mode, or any
-SQLAlchemy URL such as PostgreSQL)."""
+SQLAlchemy URL such as PostgreSQL).
+
+Columns added after a table first shipped are nullable or have a server default: opening a
+store written by an older maas adds them (maas.access.migrate), and an older replica still
+running against the upgraded store keeps writing rows without them."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from maas.access.migrate import add_missing_columns
 
 meta = sa.MetaData()
 tenants = sa.Table(
@@ -25,7 +31,10 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("created_by", sa.String(200), nullable=False),
-    sa.Column("revoked_at", sa.Float))
+    sa.Column("revoked_at", sa.Float),
+    # added for LLM keys (tokens are prompt + completion):
+    sa.Column("tokens_per_minute", sa.Integer),
+    sa.Column("token_quota", sa.Integer), sa.Column("token_quota_period", sa.String(8)))
 agreements = sa.Table(
     "maas_agreements", meta,
     sa.Column("model", sa.String(64), primary_key=True),
@@ -51,7 +60,10 @@ usage = sa.Table(  # one row per minute, tenant, key, model, version and status
     sa.Column("status", sa.Integer, primary_key=True),
     sa.Column("requests", sa.Integer, nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False))  # summed: mean = latency_ms / requests
+    sa.Column("latency_ms", sa.Float, nullable=False),  # summed: mean = latency_ms / requests
+    # added for LLM requests, the engine's counts:
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"))
 
 UsageKey = tuple[int, str, str, str, str, int]  # minute, tenant, key_id, model, version, status
 
@@ -66,7 +78,8 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 @lru_cache(maxsize=8)
 def engine(url: str) -> sa.Engine:
-    """The process's engine for ``url``, every table created if missing (idempotent)."""
+    """The process's engine for ``url``, every table created if missing and every column
+    added since the store was written (idempotent)."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         made = sa.create_engine(url, connect_args={"timeout": 30})
@@ -74,4 +87,5 @@ def engine(url: str) -> sa.Engine:
     else:
         made = sa.create_engine(url, pool_pre_ping=True)
     meta.create_all(made)
+    add_missing_columns(made, meta)
     return made

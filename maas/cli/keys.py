@@ -1,6 +1,7 @@
 """``maas keys`` and ``maas agreements``: API keys per tenant, and model agreements.
 
     maas keys create --tenant acme --models digits,digits-cnn --rate 50/s --quota 100000/day
+    maas keys create --tenant acme --models chat --tokens-per-minute 20000 --token-quota 1000000/day
     maas keys list [--tenant acme]          maas keys revoke KEY_ID
     maas agreements list                    maas agreements show digits
     maas agreements accept --tenant acme --model digits --version 1 [--no-payload-logging]
@@ -36,16 +37,23 @@ def keys_create(
                                             "idle spell; default: a fifth of a second's rate"),
         quota: Optional[str] = typer.Option(None, "--quota", help="e.g. 100000/day; periods: "
                                             "minute, hour, day, month (UTC)"),
+        tokens_per_minute: Optional[int] = typer.Option(
+            None, "--tokens-per-minute", min=1, help="LLMs: prompt + max_tokens reserved per "
+                                                     "minute, e.g. 20000"),
+        token_quota: Optional[str] = typer.Option(
+            None, "--token-quota", help="LLMs: prompt + completion tokens per period, e.g. "
+                                        "1000000/day; periods: minute, hour, day, month (UTC)"),
         config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
     """Create an API key; it is printed once and only its salted hash is stored."""
-    from maas.access import parse_quota, parse_rate
+    from maas.access import parse_quota, parse_rate, parse_token_quota
 
     cfg = deploy_config(config)
     scope = key_scope(cfg, models)
+    limits = {"rate": parse_option(parse_rate, rate), "burst": burst,
+              "quota": parse_option(parse_quota, quota), "tokens_per_minute": tokens_per_minute,
+              "token_quota": parse_option(parse_token_quota, token_quota)}
     store = access_store(cfg)
-    key, record = guarded(lambda: store.create_key(
-        tenant, scope, rate=parse_option(parse_rate, rate), burst=burst,
-        quota=parse_option(parse_quota, quota), created_by=who()))
+    key, record = guarded(lambda: store.create_key(tenant, scope, created_by=who(), **limits))
     if as_json:
         echo_json({"key": key, **record.public()})
         return
@@ -64,19 +72,22 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(tenant: Optional[str] = typer.Option(None, "--tenant", "-t"),
               config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Every key (never the key itself): tenant, scope, limits, created, revoked."""
+    """Every key (never the key itself): tenant, scope, request and token limits, created,
+    revoked."""
     records = access_store(deploy_config(config)).keys(tenant)
     if as_json:
         echo_json([r.public() for r in records])
         return
     table = Table(title="API keys")
-    for column in ("key", "tenant", "models", "rate/s", "burst", "quota", "created", "revoked"):
+    for column in ("key", "tenant", "models", "rate/s", "burst", "quota", "tokens/min",
+                   "token quota", "created", "revoked"):
         table.add_column(column)
     for r in records:
         p = r.public()
         table.add_row(p["prefix"] + "...", r.tenant, ",".join(r.models),
                       "-" if r.rate is None else f"{r.rate:g}", str(p["burst"] or "-"),
-                      p["quota"] or "-", p["created_at"], p["revoked_at"] or "-")
+                      p["quota"] or "-", str(r.tokens_per_minute or "-"), p["token_quota"] or "-",
+                      p["created_at"], p["revoked_at"] or "-")
     print_table(table)
 
 

@@ -2,6 +2,9 @@
 
     maas usage [--tenant acme] [--model digits] [--since 24h]
     maas catalog [--tenant acme]
+
+Usage is priced with each model's ``catalog`` prices (maas.catalog.usage_cost): rows, and an
+LLM's prompt and completion tokens.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.table import Table
 
 from maas.cli.common import (ConfigOption, JsonOption, access_store, deploy_config, echo_json,
                              parse_option, print_table)
+
+if TYPE_CHECKING:  # maas.catalog loads the registry (MLflow): only the commands that need it
+    from maas.catalog import Price
+
 
 def parse_since(text: str, now: float | None = None) -> float:
     """``30m``, ``24h``, ``7d`` ago, or an ISO date/time (UTC unless it says otherwise)."""
@@ -37,24 +44,28 @@ def usage(tenant: Optional[str] = typer.Option(None, "--tenant", "-t"),
           model: Optional[str] = typer.Option(None, "--model", "-m"),
           since: Optional[str] = typer.Option(None, "--since", help="30m, 24h, 7d or a date"),
           config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Metered infer requests per tenant, model, version and status (rows, mean latency)."""
+    """Metered requests per tenant, model, version and status: rows, LLM prompt and
+    completion tokens, mean latency, and their cost at the catalog's prices."""
+    from maas.catalog import usage_cost
+
     cfg = deploy_config(config)
     rows = access_store(cfg, announce=False).usage(tenant, model,
                                                    parse_option(parse_since, since))
+    prices = {m.name: m.catalog for m in cfg.models}
+    costs = [None if r.model not in prices else usage_cost(r, prices[r.model]) for r in rows]
     if as_json:
-        echo_json([asdict(r) for r in rows])
+        echo_json([asdict(r) | {"cost": None if cost is None else round(cost, 6),
+                                "currency": None if cost is None else prices[r.model].currency}
+                   for r, cost in zip(rows, costs)])
         return
     table = Table(title="usage" + (f" since {since}" if since else ""))
-    for column in ("tenant", "model", "version", "status", "requests", "rows", "mean ms",
-                   "price"):
+    for column in ("tenant", "model", "version", "status", "requests", "rows", "prompt tok",
+                   "completion tok", "mean ms", "cost"):
         table.add_column(column)
-    prices = {m.name: m.catalog for m in cfg.models}
-    for r in rows:
-        card = prices.get(r.model)
-        price = ("-" if card is None or card.price_per_1k_rows is None or r.status != 200
-                 else f"{r.rows / 1000 * card.price_per_1k_rows:.4f} {card.currency}")
+    for r, cost in zip(rows, costs):
         table.add_row(r.tenant, r.model, r.version, str(r.status), str(r.requests), str(r.rows),
-                      f"{r.mean_latency_ms:.2f}", price)
+                      str(r.prompt_tokens), str(r.completion_tokens), f"{r.mean_latency_ms:.2f}",
+                      "-" if cost is None else f"{cost:.4f} {prices[r.model].currency}")
     print_table(table)
 
 
@@ -77,7 +88,7 @@ def catalog(tenant: Optional[str] = typer.Option(None, "--tenant", "-t",
         return
     table = Table(title="model catalog")
     for column in ("model", "description", "signature", "production", "versions", "held-out",
-                   "agreement", "price / 1k rows"):
+                   "context", "agreement", "price"):
         table.add_column(column)
     for c in cards:
         signature = " -> ".join(", ".join(f"{t.name}{t.shape}" for t in side)
@@ -86,6 +97,21 @@ def catalog(tenant: Optional[str] = typer.Option(None, "--tenant", "-t",
         table.add_row(c.name, c.description or "-", signature, str(c.production_version or "-"),
                       ",".join(map(str, c.versions)) or "-",
                       "-" if score is None else f"acc {score:.4f}",
+                      "-" if c.context_length is None else f"{c.context_length} tokens",
                       "-" if c.agreement is None else f"v{c.agreement.version} {c.agreement.license}",
-                      "-" if c.price is None else f"{c.price.per_1k_rows} {c.price.currency}")
+                      _price_text(c.price))
     print_table(table)
+
+
+def _price_text(price: Price | None) -> str:
+    """``0.5 USD / 1k rows``, ``0.1 / 0.3 USD per 1k input / output tokens``, or ``-``."""
+    if price is None:
+        return "-"
+    parts = []
+    if price.per_1k_rows is not None:
+        parts.append(f"{price.per_1k_rows:g} {price.currency} / 1k rows")
+    if price.per_1k_input_tokens is not None or price.per_1k_output_tokens is not None:
+        inp, out = (f"{p:g}" if p is not None else "-" for p in
+                    (price.per_1k_input_tokens, price.per_1k_output_tokens))
+        parts.append(f"{inp} / {out} {price.currency} per 1k input / output tokens")
+    return "; ".join(parts)

@@ -7,6 +7,7 @@ silently ignored, and every field has a description (``docs/reference/configurat
 generated from them). :func:`load_config` reports *all* problems at once, each naming its key
 path, the value seen and what is allowed. One module per part of a model's life:
 ``train`` (data, architecture, training), ``optimize`` (export, variants, pretrained),
+``llm`` (a pretrained language model's gate),
 ``serve`` (serving, promotion), ``govern`` (access, registry, agreements, catalog),
 ``deploy`` (the whole file), ``load`` (reading it).
 """
@@ -16,10 +17,11 @@ from maas.config.base import (ENV_NAME_PATTERN, MODEL_NAME_PATTERN, TENANT_PATTE
 from maas.config.deploy import ClusterConfig, DeployConfig, ModelConfig, TrackingConfig
 from maas.config.govern import (AccessConfig, AgreementConfig, CatalogConfig, DataUsageConfig,
                                 RegistryConfig)
+from maas.config.llm import LLM_VARIANTS, ChatConfig
 from maas.config.load import ConfigError, load_config, parse_config
-from maas.config.optimize import (PRETRAINED_VARIANTS, DistillConfig, ExportConfig,
-                                  OptimizeConfig, PretrainedConfig, PruneConfig, QuantizeConfig,
-                                  SelectConfig, VariantName)
+from maas.config.optimize import (PRETRAINED_VARIANTS, TRAINED_VARIANTS, DistillConfig,
+                                  ExportConfig, OptimizeConfig, PretrainedConfig, PruneConfig,
+                                  QuantizeConfig, SelectConfig, VariantName)
 from maas.config.serve import AutoscalingConfig, BatchingConfig, PromotionConfig, ServeConfig
 from maas.config.train import (DATA_FILE_SUFFIXES, DataConfig, EarlyStoppingConfig,
                                ModelArchConfig, ScheduleConfig, SyntheticConfig, TrainConfig)
@@ -29,8 +31,8 @@ __all__ = [
     "access_store_uri", "expand_state_dir", "sqlite_uri",
     "ClusterConfig", "DeployConfig", "ModelConfig", "TrackingConfig",
     "AccessConfig", "AgreementConfig", "CatalogConfig", "DataUsageConfig", "RegistryConfig",
-    "ConfigError", "load_config", "parse_config",
-    "PRETRAINED_VARIANTS", "DistillConfig", "ExportConfig", "OptimizeConfig", "PretrainedConfig",
+    "LLM_VARIANTS", "ChatConfig", "ConfigError", "load_config", "parse_config",
+    "PRETRAINED_VARIANTS", "TRAINED_VARIANTS", "DistillConfig", "ExportConfig", "OptimizeConfig", "PretrainedConfig",
     "PruneConfig", "QuantizeConfig", "SelectConfig", "VariantName",
     "AutoscalingConfig", "BatchingConfig", "PromotionConfig", "ServeConfig",
     "DATA_FILE_SUFFIXES", "DataConfig", "EarlyStoppingConfig", "ModelArchConfig",

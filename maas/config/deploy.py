@@ -11,8 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from maas.config.base import (MODEL_NAME_PATTERN, StrictModel, access_store_uri,
                               expand_state_dir, sqlite_uri)
 from maas.config.govern import AccessConfig, AgreementConfig, CatalogConfig, RegistryConfig
-from maas.config.optimize import (PRETRAINED_VARIANTS, ExportConfig, OptimizeConfig,
-                                  PretrainedConfig)
+from maas.config.llm import LLM_VARIANTS
+from maas.config.optimize import (PRETRAINED_VARIANTS, TRAINED_VARIANTS, ExportConfig,
+                                  OptimizeConfig, PretrainedConfig)
 from maas.config.serve import PromotionConfig, ServeConfig
 from maas.config.train import DataConfig, ModelArchConfig, TrainConfig
 
@@ -85,7 +86,8 @@ class ModelConfig(StrictModel):
                                    description="what the catalog shows of it")
     source: Literal["train", "pretrained"] = Field(
         "train", description="train: data -> Ray Train -> ONNX; pretrained: the `pretrained` "
-                             "model exported as it is (needs the text extra)")
+                             "model exported as it is (needs the text extra; a language "
+                             "model, the llm extra)")
     pretrained: PretrainedConfig | None = Field(None, description="source: pretrained only")
 
     @model_validator(mode="after")
@@ -102,13 +104,17 @@ class ModelConfig(StrictModel):
         if unused:
             raise ValueError(f"{', '.join(unused)}: not used with source: pretrained (nothing is "
                              f"trained); remove them")
-        wrong = [v for v in self.optimize.variants if v not in PRETRAINED_VARIANTS]
+        chat = self.pretrained.task == "chat"
+        allowed = LLM_VARIANTS if chat else PRETRAINED_VARIANTS
+        wrong = [v for v in self.optimize.variants if v not in allowed]
         if wrong:
-            raise ValueError(f"optimize.variants: {wrong} need training data; with source: "
-                             f"pretrained, use {list(PRETRAINED_VARIANTS)}")
+            what = "pretrained.task: chat" if chat else "source: pretrained (an embedder)"
+            raise ValueError(f"optimize.variants: {wrong} cannot be built with {what}; "
+                             f"use {list(allowed)}")
         if self.promotion.min_accuracy is not None:
-            raise ValueError("promotion.min_accuracy: an embedder has no accuracy; its promotion "
-                             "check is pretrained.min_cosine")
+            gate = "pretrained.chat" if chat else "pretrained.min_cosine"
+            raise ValueError(f"promotion.min_accuracy: a pretrained model has no held-out "
+                             f"accuracy; its promotion check is {gate}")
         return self
 
     @model_validator(mode="after")
@@ -118,6 +124,11 @@ class ModelConfig(StrictModel):
         if self.promotion.min_accuracy is not None and self.train.task != "classification":
             raise ValueError("promotion.min_accuracy: accuracy needs train.loss: cross_entropy; "
                              "check regressors with promotion.max_regression")
+        wrong = [v for v in self.optimize.variants if v not in TRAINED_VARIANTS]
+        if wrong:
+            raise ValueError(f"optimize.variants: {wrong} are built for a pretrained language "
+                             f"model (pretrained.task: chat); with source: train, use "
+                             f"{list(TRAINED_VARIANTS)}")
         if self.optimize.variants and self.train.task != "classification":
             raise ValueError("optimize.variants: variants are ranked by accuracy, which needs "
                              "train.loss: cross_entropy")

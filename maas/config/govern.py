@@ -43,7 +43,14 @@ class CatalogConfig(StrictModel):
 
     description: str = Field("", description="one line for the catalog; empty: the registered "
                                              "version's description")
-    price_per_1k_rows: float | None = Field(None, ge=0.0, description="unset: no price shown")
+    price_per_1k_rows: float | None = Field(None, ge=0.0, description="price of 1,000 answered "
+                                                                   "rows; unset: none shown")
+    price_per_1k_input_tokens: float | None = Field(
+        None, ge=0.0, description="LLMs: price of 1,000 prompt tokens (the engine's count); "
+                                  "unset: prompt tokens are not priced")
+    price_per_1k_output_tokens: float | None = Field(
+        None, ge=0.0, description="LLMs: price of 1,000 completion tokens (the engine's "
+                                  "count); unset: completion tokens are not priced")
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
     tags: list[str] = Field(default_factory=list, description="free-form labels for search")
 

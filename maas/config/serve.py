@@ -46,6 +46,28 @@ class BatchingConfig(StrictModel):
                     "3 ms of p50 at low load and gained no throughput)")
 
 
+class LLMServeConfig(StrictModel):
+    """The generation engine of a chat LLM's replicas (``pretrained.task: chat``): continuous
+    batching over one key/value cache per replica, bounded by these numbers."""
+
+    max_num_seqs: int = Field(
+        16, ge=1, le=256,
+        description="sequences decoded together; more requests wait (measured here: 16 streams "
+                    "give ~3x one stream's tokens/s, beyond that a decode step only gets slower)")
+    context_length: int = Field(
+        2048, ge=64, le=131072,
+        description="prompt + completion tokens per sequence; the cache holds max_num_seqs of "
+                    "these (46 KB per token for SmolLM2-135M: 16 x 2048 is 1.5 GB)")
+    max_prefill_tokens: int = Field(
+        512, ge=16, le=131072,
+        description="prompt tokens prefilled between two decode steps (at least one waiting "
+                    "prompt always is): bounds how long running streams stall for new ones")
+    default_max_tokens: int = Field(
+        512, ge=1, description="completion tokens when a request names no max_tokens (capped "
+                               "by what the context has left)")
+    max_stop_sequences: int = Field(4, ge=0, le=64, description="`stop` entries per request")
+
+
 class ServeConfig(StrictModel):
     """One model's Ray Serve app: replicas, resources, limits, batching, canary, promotion."""
 
@@ -69,6 +91,8 @@ class ServeConfig(StrictModel):
         description="how often replicas re-read the production and canary aliases")
     access_log: bool = Field(
         False, description="Serve's per-request access log lines (a measurable cost per request)")
+    llm: LLMServeConfig = Field(default_factory=LLMServeConfig,
+                                description="chat LLMs only: the generation engine's bounds")
 
 
 class PromotionConfig(StrictModel):

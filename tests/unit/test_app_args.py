@@ -27,18 +27,20 @@ def test_each_app_gets_its_section_as_written(cfg):
     assert args.serve == digits.serve and args.agreement == digits.agreement
     assert args.name == "digits" and args.version is None
     server = server_args(cfg)
-    assert [e.name for e in server.catalog] == ["digits", "digits-cnn", "minilm"]
+    assert [e.name for e in server.catalog] == ["digits", "digits-cnn", "minilm", "smollm2"]
     assert server.embedding_models == ["minilm"]
     assert embeddings_args(cfg).models == {"minilm": cfg.model("minilm").serve.max_rows}
+    assert embeddings_args(cfg).chat_models == ["smollm2"]
 
 
 def test_serve_builds_the_typed_args_back_from_the_config_file(cfg):
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
-    from serve_apps import embeddings, inference, server
+    from serve_apps import embeddings, inference, llm, server
 
     builders = {"serve_apps.server:build_app": (server.build_app, ServerArgs),
                 "serve_apps.inference:build_app": (inference.build_app, InferenceArgs),
+                "serve_apps.llm:build_app": (llm.build_app, InferenceArgs),
                 "serve_apps.embeddings:build_app": (embeddings.build_app, EmbeddingsArgs)}
     document = yaml.safe_load(yaml.safe_dump(serve_config(cfg)))  # as `serve deploy` reads it
     for app in document["applications"]:

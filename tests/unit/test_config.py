@@ -15,8 +15,9 @@ pytestmark = pytest.mark.unit
 
 def test_shipped_deploy_yaml_is_valid():
     cfg = load_config(REPO / "deploy.yaml")
-    assert [m.name for m in cfg.models] == ["digits", "digits-cnn", "minilm"]
-    assert [m.source for m in cfg.models] == ["train", "train", "pretrained"]
+    assert [m.name for m in cfg.models] == ["digits", "digits-cnn", "minilm", "smollm2"]
+    assert [m.source for m in cfg.models] == ["train", "train", "pretrained", "pretrained"]
+    assert [m.pretrained.task for m in cfg.models[2:]] == ["embeddings", "chat"]
     assert [m.model.kind for m in cfg.models[:2]] == ["mlp", "cnn"]
     assert cfg.models[0].train.workers == 2
     assert cfg.tracking_uri.startswith("sqlite:///")
@@ -70,7 +71,7 @@ def test_defaults_fill_every_section():
          "data, train: not used with source: pretrained"),
         ({"models": [{"name": "m", "source": "pretrained", "pretrained": {"model": "x"},
                       "optimize": {"variants": ["int8_dynamic", "distill"]}}]},
-         "optimize.variants: ['distill'] need training data"),
+         "optimize.variants: ['distill'] cannot be built with source: pretrained (an embedder)"),
         ({"models": [{"name": "m", "source": "pretrained",
                       "pretrained": {"model": "x", "min_cosine": 1.5}}]},
          "models[0].pretrained.min_cosine: must be less than or equal to 1"),

