@@ -32,12 +32,17 @@ docs: $(DOCS_STAMP)
 	$(BIN)/python docs/generate.py
 	$(BIN)/mkdocs build --strict
 
-# The last step makes tenant `demo` a key for every model, accepts their agreements, and prints
-# the key and a curl command that uses it.
+# Then tenant `demo` gets a key for every model with their agreements accepted (maas quickstart
+# prints it and curl commands that use it), and the last of them, a streamed chat completion,
+# runs: the demo ends with the chat model's tokens as they arrive.
 demo: setup
 	$(BIN)/maas up
 	$(BIN)/maas run deploy.yaml
-	$(BIN)/maas quickstart
+	@umask 077; $(BIN)/maas quickstart > $(VENV)/.quickstart; status=$$?; \
+	cat $(VENV)/.quickstart; [ $$status -eq 0 ] || { rm -f $(VENV)/.quickstart; exit $$status; }; \
+	eval "$$(grep '^  export MAAS_API_KEY=' $(VENV)/.quickstart)"; \
+	chat="$$(grep 'curl -sN' $(VENV)/.quickstart | tail -n 1)"; rm -f $(VENV)/.quickstart; \
+	echo; echo "Streaming the chat model's answer:"; echo "  $$chat" | sed 's/^ *//'; eval "$$chat"
 
 up: setup
 	$(BIN)/maas up

@@ -146,13 +146,9 @@ def openapi() -> dict:
     answers on a cluster that serves it)."""
     from maas.app_args import server_args
     from maas.config import load_config
-    from serve_apps import embeddings, inference, server
-    from serve_apps.openapi import server_document
+    from serve_apps import server
 
-    args = server_args(load_config(REPO / "deploy.yaml"))
-    return server_document(server.api, inference.api, embeddings.api,
-                           [e.name for e in args.catalog], bool(args.embedding_models),
-                           keys=args.access is not None)
+    return server.openapi_document(server_args(load_config(REPO / "deploy.yaml")))
 
 
 def _schema_name(node: dict | None) -> str:

@@ -84,6 +84,9 @@ class ServerArgs(ReplicaArgs):
                                         description="every model's catalog section")
     embedding_models: list[str] = Field(
         default_factory=list, description="the models also served at /v1 (documented there)")
+    chat_models: list[str] = Field(
+        default_factory=list, description="the chat LLMs: their apps answer Triton's generate "
+                                          "extension, and /v1 their chat completions")
     dashboard_url: str | None = Field(None, description="shown on the home page")
 
 
@@ -126,6 +129,7 @@ def server_args(cfg: DeployConfig) -> ServerArgs:
     """The server app: the catalog of every model, access, and the dashboard's address."""
     return ServerArgs(**_replica(cfg), catalog=entries(cfg),
                       embedding_models=[m.name for m in embedding_models(cfg)],
+                      chat_models=[m.name for m in chat_models(cfg)],
                       dashboard_url=cfg.cluster.dashboard_url)
 
 

@@ -18,7 +18,8 @@ from maas.access import AccessStore, UsageRow
 from maas.config import AgreementConfig, CatalogConfig, DeployConfig
 from maas.oip import TensorSpec
 from maas.registry import PRODUCTION, Registry, RegistryError
-from maas.routes import embeddings_route, infer_route
+from maas.llm.files import KIND as LLM_KIND
+from maas.routes import chat_route, embeddings_route, infer_route, model_route
 from maas.text import KIND as TEXT_KIND
 
 
@@ -74,9 +75,10 @@ class ModelCard(BaseModel):
     name: str
     description: str
     tags: list[str]
-    infer_url: str
+    infer_url: str  # OIP infer; for a chat LLM, Triton's generate extension
     kind: str | None  # "onnx" or "text-embedding"; None: no production version yet
     embeddings_url: str | None  # the OpenAI-compatible route, for text-embedding models
+    chat_url: str | None = None  # the OpenAI-compatible route, for chat LLMs
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     versions: list[int]
@@ -109,11 +111,14 @@ def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | Non
     agreement = store.agreement(entry.name) if store is not None else None
     metrics = info.metrics if info else {}
     context = metrics.get(CONTEXT_LENGTH)
+    chat = info is not None and info.kind == LLM_KIND
     return ModelCard(
         name=entry.name, description=entry.description or (info.description if info else ""),
-        tags=entry.tags, infer_url=infer_route(entry.name),
+        tags=entry.tags,
+        infer_url=f"{model_route(entry.name)}/generate" if chat else infer_route(entry.name),
         kind=info.kind if info else None,
         embeddings_url=embeddings_route() if info and info.kind == TEXT_KIND else None,
+        chat_url=chat_route() if chat else None,
         inputs=info.inputs if info else [], outputs=info.outputs if info else [],
         versions=versions, aliases=aliases,
         production_version=info.version if info else None,

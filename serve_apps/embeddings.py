@@ -41,7 +41,8 @@ from maas.text import OUTPUT_NAME, TEXT_INPUT, TOKENS_OUTPUT
 from serve_apps.chat import Rendering
 from serve_apps.chat_types import ChatCompletion, ChatRequest, Completion, CompletionRequest
 from serve_apps.gate import AccessGate, visible_models
-from serve_apps.http import CallFailure, api_body, make_api, read_json_body, validation_error
+from serve_apps.http import (STREAMED, CallFailure, api_body, make_api, read_json_body,
+                             validation_error)
 from serve_apps.openai_types import (ERROR_TYPES, EmbeddingData, EmbeddingRequest,
                                      EmbeddingResponse, ModelCardOpenAI, ModelList, OpenAIError,
                                      Usage, openai_error)
@@ -104,12 +105,12 @@ class Embeddings:
                              param="model")
         return name, version
 
-    @api.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS,
-              openapi_extra=CHAT_BODY)
+    @api.post("/chat/completions", response_model=ChatCompletion,
+              responses=ERRORS | STREAMED, openapi_extra=CHAT_BODY)
     async def chat_completions(self, request: Request) -> Response:
         return await self._generate(request, ChatRequest, "chat")
 
-    @api.post("/completions", response_model=Completion, responses=ERRORS,
+    @api.post("/completions", response_model=Completion, responses=ERRORS | STREAMED,
               openapi_extra=COMPLETIONS_BODY)
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, CompletionRequest, "complete")

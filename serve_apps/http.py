@@ -93,6 +93,12 @@ class CallFailure:
         return InferError(self.status, self.message, self.headers, param=self.param)
 
 
+# A streamed 200 as OpenAPI tells it: server-sent events, each a `data:` line (JSON, or
+# OpenAI's final `[DONE]`), documented beside the route's JSON answer.
+STREAMED = {200: {"content": {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}}}
+
 ErrorRenderer = Callable[[MaasError], JSONResponse]
 
 

@@ -33,7 +33,8 @@ from maas.oip import ErrorBody
 from maas.routes import model_app_name
 from serve_apps.chat_types import ChatRequest, Chunk, CompletionRequest
 from serve_apps.gate import NOBODY, AccessGate, Admission
-from serve_apps.http import CallFailure, api_body, make_api, read_json_body, validation_error
+from serve_apps.http import (STREAMED, CallFailure, api_body, make_api, read_json_body,
+                             validation_error)
 from serve_apps.llm_core import LoadedLLM, chunks, load_llm, prepare
 from serve_apps.llm_metrics import LLMMetrics, RequestClock
 from serve_apps.metering import ReplicaMetrics
@@ -90,6 +91,18 @@ def _completion(body: GenerateRequest) -> CompletionRequest:
                              top_k=parameters.top_k, seed=parameters.seed, stop=parameters.stop)
 
 
+def _drain(loaded: LoadedLLM) -> None:
+    """A replaced version: its engine finishes what it runs, then frees its cache."""
+    loaded.model.engine.close(drain=True)
+
+
+def _prompt_of(body: ChatRequest | CompletionRequest) -> object:
+    """What the payload log keeps of a request's prompt: its messages, or its text."""
+    if isinstance(body, ChatRequest):
+        return [{"role": m.role, "content": m.text()} for m in body.messages]
+    return body.prompt
+
+
 def _generated(name: str, chunk: Chunk | None, text: str) -> GenerateResponse:
     if chunk is None:
         return GenerateResponse(model_name=name, model_version="-", text_output=text)
@@ -112,7 +125,7 @@ class LLMServer:
         # One explicit version besides the aliases: each holds a whole key/value cache.
         self.versions = Versions(args.registry(), args.name, serving.ort_threads, args.version,
                                  serving.alias_poll_s, serving.canary_weight, loader=loader,
-                                 explicit_kept=1)
+                                 explicit_kept=1, release=_drain)
         self.gate = (AccessGate(args.access, args.name, args.agreement)
                      if args.access is not None else None)
         self.metrics = LLMMetrics(args.name)
@@ -149,7 +162,8 @@ class LLMServer:
         return Response(_generated(self.args.name, last, text).model_dump_json(),
                         media_type="application/json")
 
-    @api.post("/generate_stream", responses=ERRORS, openapi_extra=api_body(api, GenerateRequest))
+    @api.post("/generate_stream", openapi_extra=api_body(api, GenerateRequest),
+              responses=ERRORS | STREAMED)
     async def generate_stream(self, request: Request) -> StreamingResponse:
         """Server-sent events, one ``data:`` line per piece of text, as Triton sends them."""
         body = await self._generate_body(request)
@@ -217,10 +231,15 @@ class LLMServer:
             prepared = prepare(loaded, body, self.args.serve.llm)
             reservation = await reserve_tokens(self.gate, admission, len(prepared.prompt),
                                                prepared.params.max_tokens, clock.started)
+            completion = []
             async for chunk in chunks(loaded, prepared):
                 clock.token()
                 output_tokens, reason = chunk.completion_tokens, chunk.finish_reason
+                completion.append(chunk.text)
                 yield chunk
+            if admission.log_payloads:  # only where the terms and the tenant allow it
+                self.gate.log_text(admission, served, None, _prompt_of(body),
+                                   "".join(completion))
         except MaasError as exc:
             status = exc.status
             if reservation is None:

@@ -51,10 +51,12 @@ def _require_keys(document: Document) -> None:
 
 
 def server_document(server: FastAPI, model_api: FastAPI, openai_api: FastAPI,
-                    models: list[str], openai: bool, keys: bool = False) -> Document:
-    """The server app's routes, each of ``models``' routes under ``/v2/models/<name>``, and
-    (``openai``) the OpenAI-compatible routes under ``/v1``; ``keys``: access is on, and the
-    routes that check a key say so."""
+                    models: list[str], openai: bool, keys: bool = False,
+                    chat_api: FastAPI | None = None, chat_models: tuple[str, ...] = ()
+                    ) -> Document:
+    """The server app's routes, each of ``models``' routes under ``/v2/models/<name>`` (a chat
+    model's from ``chat_api``), and (``openai``) the OpenAI-compatible routes under ``/v1``;
+    ``keys``: access is on, and the routes that check a key say so."""
     own = server.openapi()
     document: Document = {
         "openapi": own["openapi"],
@@ -68,13 +70,16 @@ def server_document(server: FastAPI, model_api: FastAPI, openai_api: FastAPI,
     }
     _add(document, own, "", SERVER_TAG, "")
     for name in models:
+        chat = name in chat_models and chat_api is not None
         tag = f"model {name}"
-        document["tags"].append({"name": tag, "description": f"{model_route(name)}: Open "
-                                                              f"Inference Protocol v2"})
-        _add(document, model_api.openapi(), model_route(name), tag, name.replace("-", "_"))
+        protocol = "Triton's generate extension" if chat else "Open Inference Protocol v2"
+        document["tags"].append({"name": tag, "description": f"{model_route(name)}: {protocol}"})
+        _add(document, (chat_api if chat else model_api).openapi(), model_route(name), tag,
+             name.replace("-", "_"))
     if openai:
         document["tags"].append({"name": OPENAI_TAG, "description": f"{OPENAI_ROUTE}: OpenAI's "
-                                                                    f"embeddings API"})
+                                                                    f"embeddings, chat and "
+                                                                    f"completions API"})
         _add(document, openai_api.openapi(), OPENAI_ROUTE, OPENAI_TAG, "openai")
     if keys:
         _require_keys(document)

@@ -28,9 +28,9 @@ import maas
 from maas.app_args import ServerArgs
 from maas.catalog import ModelCard, catalog
 from maas.oip import ErrorBody
-from maas.routes import (MODEL_APP_PREFIX, OIP_ROOT, OPENAI_APP, SERVER_APP, embeddings_route,
-                         infer_route)
-from serve_apps import embeddings, inference
+from maas.routes import (MODEL_APP_PREFIX, OIP_ROOT, OPENAI_APP, SERVER_APP, chat_route,
+                         embeddings_route, infer_route, model_route)
+from serve_apps import embeddings, inference, llm
 from serve_apps.gate import AccessGate, visible_models
 from serve_apps.http import make_api
 from serve_apps.openapi import server_document
@@ -54,6 +54,15 @@ def _models(apps: dict[str, str]) -> dict[str, str]:
             if name.startswith(MODEL_APP_PREFIX)}
 
 
+def openapi_document(args: ServerArgs) -> dict:
+    """The one OpenAPI document of a server deployed with ``args``: its own routes, each
+    model's (OIP, or a chat model's generate routes) and /v1's."""
+    return server_document(
+        api, inference.api, embeddings.api, [e.name for e in args.catalog],
+        bool(args.embedding_models or args.chat_models), keys=args.access is not None,
+        chat_api=llm.api, chat_models=tuple(args.chat_models))
+
+
 def _home_page(links: dict) -> str:
     """A small page of links for a browser (the console will take this place)."""
     items = [f'<li><a href="{html.escape(url)}">{html.escape(label)}</a></li>'
@@ -62,6 +71,7 @@ def _home_page(links: dict) -> str:
                                 ("model catalog (needs a key)", links["catalog"]),
                                 ("health", links["health"]),
                                 ("OpenAI-compatible embeddings", links.get("openai")),
+                                ("OpenAI-compatible chat completions", links.get("chat")),
                                 ("Ray dashboard", links["dashboard"])) if url]
     models = "".join(f"<li><code>POST {html.escape(url)}</code></li>"
                      for url in links["models"].values())
@@ -84,17 +94,19 @@ class Server:
         self._cards: tuple[float, list[ModelCard]] = (0.0, [])
         # FastAPI serves api.openapi_schema as /openapi.json (and /docs shows it): the routes
         # of every app this server's config deploys.
-        api.openapi_schema = server_document(
-            api, inference.api, embeddings.api, [e.name for e in args.catalog],
-            bool(args.embedding_models), keys=args.access is not None)
+        api.openapi_schema = openapi_document(args)
 
     @api.get("/", response_model=None)
     def home(self, request: Request) -> JSONResponse | HTMLResponse:
         links = {"docs": "/docs", "openapi": "/openapi.json", "catalog": f"{OIP_ROOT}/catalog",
                  "health": f"{OIP_ROOT}/health/ready", "dashboard": self.args.dashboard_url,
-                 "models": {e.name: infer_route(e.name) for e in self.args.catalog}}
+                 "models": {e.name: (f"{model_route(e.name)}/generate"
+                                     if e.name in self.args.chat_models else infer_route(e.name))
+                            for e in self.args.catalog}}
         if self.args.embedding_models:
             links["openai"] = embeddings_route()
+        if self.args.chat_models:
+            links["chat"] = chat_route()
         if "text/html" not in request.headers.get("accept", ""):
             return JSONResponse({"name": "maas", "version": maas.__version__, **links})
         return HTMLResponse(_home_page(links))

@@ -87,13 +87,15 @@ class Versions:
     def __init__(self, registry: Registry, name: str, threads: int, pinned: int | None,
                  poll_s: float, canary_weight: float,
                  loader: Callable[[Registry, str, int], Any] | None = None,
-                 explicit_kept: int = EXPLICIT_VERSIONS_KEPT):
+                 explicit_kept: int = EXPLICIT_VERSIONS_KEPT,
+                 release: Callable[[Any], None] | None = None):
         self.registry, self.name, self.threads = registry, name, threads
         self.canary_weight = canary_weight
         # What a version becomes in memory: an ONNX session here; serve_apps.llm loads an
         # engine with its cache instead, and keeps fewer of them.
         self._loader = loader or (lambda reg, model, number: load(reg, model, number, threads))
         self._explicit_kept = explicit_kept
+        self._release = release  # a version no longer held: free what it holds (an engine)
         self._load_lock = threading.Lock()
         self._explicit: OrderedDict[int, Loaded] = OrderedDict()
         self._live: dict[str, Loaded] = {}
@@ -129,7 +131,8 @@ class Versions:
                 with self._load_lock:
                     live[alias] = (self._cached(aliases[alias])
                                    or self._loader(self.registry, self.name, aliases[alias]))
-        self._live = live  # one assignment: a request sees the old set or the new, never half
+        before, self._live = list(self._live.values()), live  # one assignment: a request
+        self._released(before)                                # sees the old set or the new
         self.numbers = [str(v) for v in self.registry.version_numbers(self.name)]
 
     def _watch(self, poll_s: float) -> None:
@@ -161,8 +164,17 @@ class Versions:
             self._explicit[number] = loaded
             self._explicit.move_to_end(number)
             while len(self._explicit) > self._explicit_kept:
-                self._explicit.popitem(last=False)
+                self._released([self._explicit.popitem(last=False)[1]])
         return loaded
+
+    def _released(self, dropped: list[Any]) -> None:
+        """Hand versions that neither an alias nor the explicit set holds any more to
+        ``release`` (requests already running on them finish first: the release drains)."""
+        if self._release is None:
+            return
+        held = {id(v) for v in self._live.values()} | {id(v) for v in self._explicit.values()}
+        for loaded in {id(v): v for v in dropped if id(v) not in held}.values():
+            self._release(loaded)
 
     def stop(self) -> None:
         self._stop.set()

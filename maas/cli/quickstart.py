@@ -16,9 +16,34 @@ from maas.cli.common import (ConfigOption, access_store, console, deploy_config,
                              who)
 from maas.config import DeployConfig, ModelConfig
 from maas.oip import InferenceRequest, InferenceResponse, row_request, text_request
-from maas.routes import OIP_ROOT, embeddings_route, infer_route
+from maas.routes import OIP_ROOT, chat_route, embeddings_route, infer_route
 
 EXAMPLE_TEXT = "How do I reset my password?"
+EXAMPLE_QUESTION = "What is the capital of France?"
+
+
+def _is_chat(model: ModelConfig) -> bool:
+    return model.pretrained is not None and model.pretrained.task == "chat"
+
+
+def _chat_body(model: ModelConfig, stream: bool) -> dict:
+    return {"model": model.name, "messages": [{"role": "user", "content": EXAMPLE_QUESTION}],
+            "max_tokens": 32, "temperature": 0, "stream": stream}
+
+
+def _ask_chat(cfg: DeployConfig, model: ModelConfig, key: str) -> str:
+    """One chat completion with the new key: its answer."""
+    import requests
+
+    url = f"{cfg.cluster.base_url}{chat_route()}"
+    try:
+        reply = requests.post(url, json=_chat_body(model, False), timeout=60,
+                              headers={"Authorization": f"Bearer {key}"})
+    except requests.RequestException as exc:
+        raise fail(f"{url}: {exc}; is the model served? `make demo` runs `maas run` first")
+    if reply.status_code != 200:
+        raise fail(f"{url} answered {reply.status_code}: {reply.text[:300]}")
+    return reply.json()["choices"][0]["message"]["content"]
 
 
 def _example_body(model: ModelConfig, base_dir: Path) -> InferenceRequest:
@@ -36,6 +61,9 @@ def _call_each(cfg: DeployConfig, key: str, base_dir: Path) -> None:
     import requests
 
     for model in cfg.models:
+        if _is_chat(model):
+            console.print(f"  {model.name}: {_ask_chat(cfg, model, key)!r}", highlight=False)
+            continue
         url = f"{cfg.cluster.base_url}{infer_route(model.name)}"
         body = _example_body(model, base_dir).model_dump(exclude_none=True)
         try:
@@ -58,9 +86,13 @@ def _print_curls(cfg: DeployConfig, base_dir: Path) -> None:
     lines = [f"curl -s -X POST {root}{infer_route(first.name)} {auth} "
              f"-H 'Content-Type: application/json' -d {shlex.quote(data)}",
              f"curl -s {root}{OIP_ROOT}/catalog {auth}"]
-    for model in (m for m in cfg.models if m.source == "pretrained"):
+    for model in (m for m in cfg.models if m.source == "pretrained" and not _is_chat(m)):
         data = json.dumps({"model": model.name, "input": [EXAMPLE_TEXT]})
         lines.append(f"curl -s -X POST {root}{embeddings_route()} {auth} "
+                     f"-H 'Content-Type: application/json' -d {shlex.quote(data)}")
+    for model in (m for m in cfg.models if _is_chat(m)):  # streamed: -N shows tokens as they come
+        data = json.dumps(_chat_body(model, True))
+        lines.append(f"curl -sN -X POST {root}{chat_route()} {auth} "
                      f"-H 'Content-Type: application/json' -d {shlex.quote(data)}")
     for line in lines:
         console.print(f"  {line}", markup=False, highlight=False)

@@ -115,6 +115,7 @@ class Engine:
         self._running: list[_Sequence] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._closing = False  # no new requests; the thread ends once the last one finished
         self._steps = itertools.count()
         self._step = 0
         self._finished: dict[str, int] = {}
@@ -137,8 +138,9 @@ class Engine:
                              sampler=Sampler(params),
                              text=TextStream(self.tokenizer, stop=params.stop))
         with self._cond:
-            if self._closed:
-                raise MaasError("the engine is shutting down; retry", status=503)
+            if self._closing:
+                raise MaasError("this version was just replaced; retry", status=503,
+                                headers={"Retry-After": "1"})
             self._waiting.append(sequence)
             self._cond.notify()
         return Ticket(sequence, self)
@@ -151,11 +153,15 @@ class Engine:
                                cache_capacity=self.cache.slots * self.context_length,
                                steps=self._step, finished=dict(self._finished))
 
-    def close(self) -> None:
+    def close(self, drain: bool = False) -> None:
+        """Stop taking requests; ``drain``: return now, and end the thread (freeing the cache)
+        once what is queued and running has finished; else end them now and wait."""
         with self._cond:
-            self._closed = True
+            self._closing = True
+            self._closed = self._closed or not drain
             self._cond.notify()
-        self._thread.join(timeout=10)
+        if not drain:
+            self._thread.join(timeout=10)
 
     def _wake(self) -> None:
         with self._cond:
@@ -164,9 +170,9 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._waiting or self._running or self._closed):
+                while not (self._waiting or self._running or self._closing):
                     self._cond.wait()
-                if self._closed:
+                if self._closed or (self._closing and not (self._waiting or self._running)):
                     break
                 admitted = self._admit()
             try:

@@ -24,6 +24,8 @@ def check_promotion(promotion: PromotionConfig, candidate: VersionInfo,
     if "min_cosine" in metrics:  # an embedder: registered only at pretrained.min_cosine or above
         return PromotionDecision(True, f"min cosine {metrics['min_cosine']:.4f} with the "
                                        f"pretrained model's own embeddings")
+    if "perplexity_ratio" in metrics:  # a chat LLM: registered only within pretrained.chat's gate
+        return _check_perplexity(promotion, candidate, production)
     if "held_out_accuracy" in metrics:
         return _check_accuracy(promotion, metrics["held_out_accuracy"], production)
     rmse = metrics.get("held_out_rmse")
@@ -48,3 +50,20 @@ def _check_accuracy(promotion: PromotionConfig, accuracy: float,
                                         f"below production version {production.version}'s "
                                         f"{current:.4f}")
     return PromotionDecision(True, f"held-out accuracy {accuracy:.4f}")
+
+
+def _check_perplexity(promotion: PromotionConfig, candidate: VersionInfo,
+                      production: VersionInfo | None) -> PromotionDecision:
+    """A language model may not be more than ``max_regression`` (relative) more perplexed on
+    the held-out text than the production version."""
+    metrics = candidate.metrics
+    perplexity = metrics["perplexity"]
+    current = None if production is None else production.metrics.get("perplexity")
+    if current is not None and perplexity > current * (1.0 + promotion.max_regression):
+        return PromotionDecision(False, f"held-out perplexity {perplexity:.3f} is more than "
+                                        f"promotion.max_regression {promotion.max_regression} "
+                                        f"(relative) above production version "
+                                        f"{production.version}'s {current:.3f}")
+    return PromotionDecision(True, f"held-out perplexity {perplexity:.3f} (x"
+                                   f"{metrics['perplexity_ratio']:.3f} of fp32), next-token "
+                                   f"agreement {metrics.get('token_agreement', 0.0):.3f}")

@@ -204,3 +204,33 @@ def test_usage_records_the_billed_tokens(llm):
                  timeout_s=10)
     assert rows
     assert sum(r.completion_tokens for r in rows) >= answer.usage.completion_tokens
+
+
+def test_generated_requests_to_the_chat_routes_get_no_5xx(llm):
+    """schemathesis over /v1's document and the chat model app's (generate routes), with a
+    key: valid and invalid bodies; generations kept short so the cases stay cheap."""
+    from collections import Counter
+
+    from tests.reliability.fuzz import fuzz_document
+
+    from schemathesis.generation import GenerationMode
+
+    def short(case) -> None:  # valid cases only: an edit must not make an invalid case valid
+        body = case.body
+        if isinstance(body, dict) and case.meta.generation.mode == GenerationMode.POSITIVE:
+            if isinstance(body.get("model"), str):
+                body["model"] = NAME
+            if isinstance(body.get("max_tokens"), int) or "messages" in body or "prompt" in body:
+                body["max_tokens"] = 3
+            if isinstance(body.get("parameters"), dict):
+                body["parameters"]["max_tokens"] = 3
+
+    outcomes: Counter = Counter()
+    failures: list[str] = []
+    headers = {"Authorization": f"Bearer {llm['key']}"}
+    fuzz_document(f"{llm['base']}/v1", outcomes, failures, headers=headers, cases=60,
+                  prepare=short)
+    fuzz_document(f"{llm['base']}{model_route(NAME)}", outcomes, failures, headers=headers,
+                  cases=60, prepare=short)
+    assert not failures, "\n".join(failures[:10])
+    assert outcomes[200] > 20 and sum(outcomes.values()) >= 300, outcomes

@@ -48,6 +48,6 @@ def fuzz_document(base: str, outcomes: Counter, failures: list[str],
                     case.validate_response(response, excluded_checks=[positive_data_acceptance])
                 except FailureGroup as exc:  # a finding: collected, reported at the end
                     failures.append(f"{case.method} {case.formatted_path} -> "
-                                    f"{response.status_code}: {str(exc)[:400]}")
+                                    f"{response.status_code}: {str(exc)[:1500]}")
 
             run()

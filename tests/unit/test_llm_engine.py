@@ -176,3 +176,15 @@ def test_text_stream_holds_back_a_stop_sequence_split_across_tokens(model):
     stream = TextStream(tokenizer)
     pieces = [stream.push(i) for i in emoji] + [stream.finish()]
     assert "".join(pieces) == "ok 🙂 done" and all("\ufffd" not in p for p in pieces)
+
+
+def test_a_replaced_version_drains_then_stops(llm_int4_dir):
+    model = ChatModel.open(llm_int4_dir, LLMServeConfig(max_num_seqs=2, context_length=256), 1)
+    sink = Collector()
+    model.engine.submit(model.chat_prompt(CAPITAL), SamplingParams(12, temperature=0.0), sink)
+    model.engine.close(drain=True)  # returns at once; what runs finishes
+    with pytest.raises(MaasError) as refused:
+        model.engine.submit(model.chat_prompt(CAPITAL), SamplingParams(4), Collector())
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert sink.done.wait(30) and sink.last.finish_reason in ("stop", "length")
+    _poll(lambda: not model.engine._thread.is_alive(), timeout_s=5.0)

@@ -54,3 +54,15 @@ def test_two_apps_with_different_schemas_of_one_name_are_refused():
 
     with pytest.raises(ValueError, match="'Thing' differs between apps"):
         server_document(app_with(int), app_with(str), embeddings.api, ["m"], openai=False)
+
+
+def test_a_chat_model_documents_its_generate_routes_and_v1_its_chat():
+    from serve_apps import llm
+
+    document = server_document(server.api, inference.api, embeddings.api, ["digits", "chat"],
+                               openai=True, chat_api=llm.api, chat_models=("chat",))
+    paths = document["paths"]
+    assert "/v2/models/chat/generate_stream" in paths and "/v2/models/chat/infer" not in paths
+    assert "/v2/models/digits/infer" in paths
+    chat = paths["/v1/chat/completions"]["post"]
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}

@@ -278,3 +278,18 @@ def test_models_commands_print_json(store, tmp_path):
     assert missing.exit_code == 1 and "no registered model 'nope'" in missing.output
     table = runner.invoke(app, ["models", "show", "cli", "-c", str(config)])
     assert table.exit_code == 0 and "production" in table.output
+
+
+def test_the_promotion_check_of_a_chat_llm(store):
+    registered = _register(store, "chatty", accuracy=0.9)
+
+    def llm(perplexity: float):
+        return registered.model_copy(update={"metrics": {
+            "perplexity": perplexity, "perplexity_ratio": perplexity / 37.4,
+            "token_agreement": 0.6}})
+
+    first = check_promotion(PromotionConfig(), llm(43.3), None)
+    assert first.passed and "perplexity 43.300 (x1.158 of fp32)" in first.reason
+    assert check_promotion(PromotionConfig(), llm(43.6), llm(43.3)).passed  # 0.7% worse
+    worse = check_promotion(PromotionConfig(), llm(45.0), llm(43.3))  # 3.9% worse
+    assert not worse.passed and "max_regression 0.01 (relative)" in worse.reason
