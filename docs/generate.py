@@ -148,7 +148,7 @@ def openapi() -> dict:
     from maas.config import load_config
     from serve_apps import server
 
-    return server.openapi_document(server_args(load_config(REPO / "deploy.yaml")))
+    return server.openapi_document(server_args(load_config(REPO / "deploy.yaml")), server.api)
 
 
 def _schema_name(node: dict | None) -> str:

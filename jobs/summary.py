@@ -61,11 +61,13 @@ def print_summary(console: Console, cfg: DeployConfig, summary: RunSummary) -> N
                   title_justify="left")
     for column in ("model", "version", "variant", "held-out", "promoted"):
         table.add_column(column)
-    table.add_column("endpoint", overflow="fold")  # a URL is wrapped, never cut short
+    # The route only: the base URL is on the last line, and a table of URLs wraps at 140 columns.
+    table.add_column("route", overflow="fold")
     for r in summary.models:  # the version this run registered, and whether it serves
         serving = "-" if r.served_version is None else f"v{r.served_version} serves"
         table.add_row(r.name, str(r.version), r.variant, _metric(r),
-                      "yes" if r.promoted else f"no ({serving})", r.endpoint or "-")
+                      "yes" if r.promoted else f"no ({serving})",
+                      r.endpoint.removeprefix(cfg.cluster.base_url) if r.endpoint else "-")
     print_wide(console, table)
     if cfg.access.enabled:
         console.print("Try it (a key: `maas quickstart`, or `maas keys create`):",
@@ -75,7 +77,7 @@ def print_summary(console: Console, cfg: DeployConfig, summary: RunSummary) -> N
             for line in _curls(cfg, report):
                 console.print(f"  {line}", markup=False, highlight=False)
     base = cfg.cluster.base_url
-    console.print(f"API docs {base}/docs · health {base}{OIP_ROOT}/health/ready · dashboard "
+    console.print(f"at {base}: API docs {base}/docs · health {base}{OIP_ROOT}/health/ready · dashboard "
                   f"{summary.dashboard or 'not running'} · MLflow {summary.tracking_uri} · "
                   f"resume with --run-name {summary.run}", markup=False, highlight=False)
     if summary.cluster == "embedded":

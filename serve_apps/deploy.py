@@ -16,7 +16,7 @@ from ray import serve
 from maas.app_args import embeddings_args, inference_args, is_chat_model, server_args
 from maas.config import DeployConfig, ModelConfig
 from maas.routes import (LEGACY_SERVER_APP, OIP_ROOT, OPENAI_APP, OPENAI_ROUTE, SERVER_APP,
-                         SERVER_ROUTE, infer_route, model_app_name, model_route)
+                         SERVER_ROUTE, chat_route, infer_route, model_app_name, model_route)
 from serve_apps import embeddings, inference, llm, server
 
 
@@ -31,8 +31,9 @@ def _serving(url: str, key: str, expected: str) -> bool:
 
 
 def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
-    """Deploy the server app, ``model``'s app and (for an embedder) the /v1 app where they do
-    not already serve these settings; wait until they do; return the model's infer URL."""
+    """Deploy the server app, ``model``'s app and (for an embedder or a chat model) the /v1
+    app where they do not already serve these settings; wait until they do; return the URL
+    the model answers at (its infer route; a chat model's chat completions)."""
     # No-op when Serve already runs (e.g. started by `maas up`) with these options.
     serve.start(proxy_location="HeadOnly",
                 http_options={"host": cfg.cluster.http_host, "port": cfg.cluster.http_port})
@@ -51,7 +52,7 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
         routes = embeddings_args(cfg)
         if not _serving(f"{root}{OPENAI_ROUTE}/health", "settings", routes.digest()):
             serve.run(embeddings.build_app(routes), name=OPENAI_APP, route_prefix=OPENAI_ROUTE)
-    return f"{root}{infer_route(model.name)}"
+    return f"{root}{chat_route() if is_chat_model(model) else infer_route(model.name)}"
 
 
 def wait_for_version(cfg: DeployConfig, model: ModelConfig, version: int,

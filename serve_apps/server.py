@@ -19,7 +19,7 @@ import asyncio
 import html
 import time
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve import Application
@@ -54,11 +54,13 @@ def _models(apps: dict[str, str]) -> dict[str, str]:
             if name.startswith(MODEL_APP_PREFIX)}
 
 
-def openapi_document(args: ServerArgs) -> dict:
-    """The one OpenAPI document of a server deployed with ``args``: its own routes, each
-    model's (OIP, or a chat model's generate routes) and /v1's."""
+def openapi_document(args: ServerArgs, own: FastAPI) -> dict:
+    """The one OpenAPI document of a server deployed with ``args``: its own routes (``own``:
+    this module's ``api``, passed in because Serve pickles the deployment by value, and a
+    global read here would be a copy of the app it serves), each model's (OIP, or a chat
+    model's generate routes) and /v1's."""
     return server_document(
-        api, inference.api, embeddings.api, [e.name for e in args.catalog],
+        own, inference.api, embeddings.api, [e.name for e in args.catalog],
         bool(args.embedding_models or args.chat_models), keys=args.access is not None,
         chat_api=llm.api, chat_models=tuple(args.chat_models))
 
@@ -94,7 +96,7 @@ class Server:
         self._cards: tuple[float, list[ModelCard]] = (0.0, [])
         # FastAPI serves api.openapi_schema as /openapi.json (and /docs shows it): the routes
         # of every app this server's config deploys.
-        api.openapi_schema = openapi_document(args)
+        api.openapi_schema = openapi_document(args, api)
 
     @api.get("/", response_model=None)
     def home(self, request: Request) -> JSONResponse | HTMLResponse:

@@ -60,11 +60,11 @@ class LLMServeConfig(StrictModel):
                     "these (46 KB per token for SmolLM2-135M: 16 x 2048 is 1.5 GB)")
     max_prefill_tokens: int = Field(
         64, ge=16, le=131072,
-        description="prompt tokens prefilled between two decode steps (at least one waiting "
-                    "prompt always is): prefill is compute-bound (~1.7 ms a token here) and "
-                    "gains nothing from batching, so prompts go in one or two a step; measured: "
-                    "TTFT p50 at 16 streams 2.5x one stream's with 64, 13x with 1024 (a burst "
-                    "prefilled together waits together, and stays in step)")
+        description="prompt tokens prefilled between two decode steps (a longer prompt goes "
+                    "in by chunks of this many): prefill is compute-bound (~1.7 ms a token "
+                    "here) and gains nothing from batching, so prompts go in one or two a step; "
+                    "measured: TTFT p50 at 16 streams 2.5x one stream's with 64, 13x with 1024 "
+                    "(a burst prefilled together waits together, and stays in step)")
     default_max_tokens: int = Field(
         512, ge=1, description="completion tokens when a request names no max_tokens (capped "
                                "by what the context has left)")

@@ -2,8 +2,9 @@
 step they finish or are cancelled.
 
 One thread per replica owns the :class:`~maas.llm.kvcache.KVCache`. Each turn it prefills
-waiting prompts into free slots (up to ``max_prefill_tokens`` per turn, so running streams stall
-for at most that much prefill), then runs one decode step over every running sequence. Each
+waiting prompts into free slots (up to ``max_prefill_tokens`` per turn; a longer prompt goes in
+that many tokens a turn, so running streams stall for at most that much prefill), then runs one
+decode step over every running sequence. Each
 sequence's tokens go to its ``sink`` callback from that thread; :mod:`maas.llm.stream` turns
 that into an async iterator for the HTTP side.
 
@@ -18,9 +19,9 @@ import itertools
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
@@ -28,77 +29,23 @@ from maas.config.serve import LLMServeConfig
 from maas.errors import MaasError
 from maas.llm.detok import TextStream
 from maas.llm.kvcache import KVCache
-from maas.llm.sampling import Sampler, SamplingParams, TokenLogprob
+from maas.llm.sampling import Sampler, SamplingParams
+from maas.llm.sequence import (Constraint, ContextOverflow, EngineStats, Sequence,
+                               StepOutput)
 
 log = logging.getLogger(__name__)
-
-
-class ContextOverflow(MaasError):
-    """Prompt plus completion would not fit the sequence's context."""
-
-    status = 400
-
-
-class Constraint(Protocol):
-    """A grammar a sequence's tokens must follow (``maas.llm.guidance``)."""
-
-    def mask_logits(self, logits: np.ndarray) -> None: ...
-    def accept(self, token_id: int) -> None: ...
-    @property
-    def is_finished(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """What one sequence produced in one engine turn."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    logprobs: tuple[TokenLogprob, ...]
-    finish_reason: str | None  # "stop", "length", "error" or None while running
-    prompt_tokens: int
-    completion_tokens: int
-    first_step: int = -1  # decode steps this sequence took part in (batch-mates overlap)
-    last_step: int = -1
-
-
-@dataclass
-class _Sequence:
-    prompt: list[int]
-    params: SamplingParams
-    sink: Callable[[StepOutput], None]
-    constraint: Constraint | None
-    sampler: Sampler
-    text: TextStream
-    cancelled: bool = False
-    done: bool = False  # its finish reason was sent (else it was cancelled by its client)
-    length: int = 0  # tokens in the cache
-    last: int = -1  # the newest token, not yet in the cache
-    generated: int = 0
-    first_step: int = -1
-    last_step: int = -1
 
 
 @dataclass
 class Ticket:
     """A submitted request: ``cancel()`` takes it out of the batch before the next step."""
 
-    _sequence: _Sequence
+    _sequence: Sequence
     _engine: Engine
 
     def cancel(self) -> None:
         self._sequence.cancelled = True
         self._engine._wake()
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    running: int
-    waiting: int
-    cache_tokens: int  # positions held by running sequences
-    cache_capacity: int
-    steps: int
-    finished: dict[str, int] = field(default_factory=dict)
 
 
 class Engine:
@@ -111,8 +58,9 @@ class Engine:
         self.context_length = self.cache.context_length
         self.tokenizer = tokenizer
         self._eos = frozenset(self.cache.shape.eos_token_ids)
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._partial: Sequence | None = None  # a long prompt going in by chunks
         self._cond = threading.Condition()
         self._closed = False
         self._closing = False  # no new requests; the thread ends once the last one finished
@@ -134,7 +82,7 @@ class Engine:
                 f"together {len(prompt) + params.max_tokens}, over this model's context length "
                 f"of {self.context_length} tokens; shorten the prompt or lower max_tokens",
                 param="max_tokens")
-        sequence = _Sequence(prompt=list(prompt), params=params, sink=sink, constraint=constraint,
+        sequence = Sequence(prompt=list(prompt), params=params, sink=sink, constraint=constraint,
                              sampler=Sampler(params),
                              text=TextStream(self.tokenizer, stop=params.stop))
         with self._cond:
@@ -148,7 +96,8 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._cond:
             running = list(self._running)
-            return EngineStats(running=len(running), waiting=len(self._waiting),
+            waiting = len(self._waiting) + (self._partial is not None)
+            return EngineStats(running=len(running), waiting=waiting,
                                cache_tokens=sum(s.length for s in running),
                                cache_capacity=self.cache.slots * self.context_length,
                                steps=self._step, finished=dict(self._finished))
@@ -170,13 +119,16 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._waiting or self._running or self._closing):
+                while not (self._waiting or self._running or self._partial or self._closing):
                     self._cond.wait()
-                if self._closed or (self._closing and not (self._waiting or self._running)):
+                busy = self._waiting or self._running or self._partial
+                if self._closed or (self._closing and not busy):
                     break
                 admitted = self._admit()
             try:
-                if admitted:
+                if self._partial is not None:
+                    self._prefill_chunk(self._partial)
+                elif admitted:
                     self._prefill(admitted)
                 self._retire()
                 if self._running:
@@ -184,32 +136,39 @@ class Engine:
                     self._retire()
             except Exception:  # an ORT failure must not leave streams hanging
                 log.exception("generation failed; ending the running sequences")
-                for sequence in [*self._running, *admitted]:
+                partial = [self._partial] if self._partial else []
+                for sequence in [*self._running, *admitted, *partial]:
                     self._finish(sequence, "error", "")
                 with self._cond:
                     self._running.clear()
-        for sequence in [*self._waiting, *self._running]:
+                    self._partial = None
+        for sequence in [*self._waiting, *self._running, *([self._partial] if self._partial
+                                                            else [])]:
             self._finish(sequence, "error", "")
 
-    def _admit(self) -> list[_Sequence]:
+    def _admit(self) -> list[Sequence]:
         """Waiting sequences that fit the free slots and this turn's prefill budget (prompts
         are right-padded to the longest, so the budget counts the padding too)."""
-        admitted: list[_Sequence] = []
+        admitted: list[Sequence] = []
         free = self.cache.slots - len(self._running)
-        longest = 0
-        while self._waiting and len(admitted) < free:
+        longest, budget = 0, self.settings.max_prefill_tokens
+        while self._partial is None and self._waiting and len(admitted) < free:
             head = self._waiting[0]
             if head.cancelled:
                 self._waiting.popleft()
                 continue
             padded = max(longest, len(head.prompt)) * (len(admitted) + 1)
-            if admitted and padded > self.settings.max_prefill_tokens:
+            if admitted and padded > budget:
+                break
+            if len(head.prompt) > budget:  # too long for one turn: it goes in by chunks
+                self._partial = self._waiting.popleft()
+                self._partial.slot = len(self._running)
                 break
             longest = max(longest, len(head.prompt))
             admitted.append(self._waiting.popleft())
         return admitted
 
-    def _prefill(self, admitted: list[_Sequence]) -> None:
+    def _prefill(self, admitted: list[Sequence]) -> None:
         logits = self.cache.prefill(len(self._running), [s.prompt for s in admitted])
         for sequence in admitted:
             sequence.length = len(sequence.prompt)
@@ -217,6 +176,27 @@ class Engine:
             self._running.extend(admitted)
         for row, sequence in enumerate(admitted):
             self._emit(sequence, logits[row])
+
+    def _prefill_chunk(self, sequence: Sequence) -> None:
+        """The next ``max_prefill_tokens`` of a long prompt; once it is all in, the sequence
+        joins the running batch with its first token."""
+        if sequence.cancelled:
+            self._partial = None
+            self._count("cancelled")
+            return
+        slot = len(self._running)
+        if sequence.slot != slot:  # running sequences left: it follows them down
+            self.cache.move(sequence.slot, slot, sequence.length)
+            sequence.slot = slot
+        start = sequence.length
+        chunk = sequence.prompt[start:start + self.settings.max_prefill_tokens]
+        logits = self.cache.prefill(slot, [chunk], start=start)
+        sequence.length += len(chunk)
+        if sequence.length == len(sequence.prompt):
+            with self._cond:
+                self._partial = None
+                self._running.append(sequence)
+            self._emit(sequence, logits[0])
 
     def _decode(self) -> None:
         running = self._running
@@ -232,7 +212,7 @@ class Engine:
             if not sequence.cancelled:
                 self._emit(sequence, logits[row])
 
-    def _emit(self, sequence: _Sequence, logits: np.ndarray) -> None:
+    def _emit(self, sequence: Sequence, logits: np.ndarray) -> None:
         if sequence.constraint is not None:
             logits = logits.copy()
             sequence.constraint.mask_logits(logits)
@@ -262,7 +242,7 @@ class Engine:
         if reason is not None:
             self._count(reason)
 
-    def _finish(self, sequence: _Sequence, reason: str, text: str) -> None:
+    def _finish(self, sequence: Sequence, reason: str, text: str) -> None:
         self._count(reason)
         self._send(sequence, StepOutput(
             text=text, token_ids=(), logprobs=(), finish_reason=reason,
@@ -273,7 +253,7 @@ class Engine:
         self._finished[reason] = self._finished.get(reason, 0) + 1
 
     @staticmethod
-    def _send(sequence: _Sequence, output: StepOutput) -> None:
+    def _send(sequence: Sequence, output: StepOutput) -> None:
         try:
             sequence.sink(output)
         except Exception:  # a broken consumer cancels its own sequence, nobody else's

@@ -99,10 +99,12 @@ class KVCache:
         # Outputs come back in binding order; logits was bound last.
         return binding.get_outputs()[-1].numpy()
 
-    def prefill(self, first_slot: int, prompts: list[list[int]]) -> np.ndarray:
+    def prefill(self, first_slot: int, prompts: list[list[int]], start: int = 0) -> np.ndarray:
         """Run whole prompts into the empty slots ``first_slot``, ``first_slot + 1``, ...: the
         logits of each prompt's last position [len(prompts), vocab]. Prompts of different
-        lengths share one call, right-padded (measured exact: the same logits as one by one)."""
+        lengths share one call, right-padded (measured exact: the same logits as one by one).
+        ``start``: one prompt's next chunk, after the ``start`` tokens already in its slot
+        (chunked prefill; exact too)."""
         count = len(prompts)
         key = (first_slot, count)
         binding = self._prefill_bindings.get(key)
@@ -113,7 +115,8 @@ class KVCache:
         ids = np.zeros((count, int(lengths.max())), np.int64)
         for row, prompt in enumerate(prompts):
             ids[row, :len(prompt)] = prompt
-        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        width = start + ids.shape[1]
+        mask = (np.arange(width)[None, :] < (start + lengths)[:, None]).astype(np.int64)
         logits = self._run(binding, ids, mask)
         return logits[np.arange(count), lengths - 1]
 

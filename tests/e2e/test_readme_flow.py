@@ -102,11 +102,45 @@ def _check_one_server_document() -> None:
     base = "http://127.0.0.1:8000"
     paths = set(requests.get(f"{base}/openapi.json", timeout=30).json()["paths"])
     assert {"/v2/health/ready", "/v2/catalog", "/v2/models/digits/infer",
-            "/v2/models/digits-cnn/infer", "/v2/models/minilm/infer", "/v1/embeddings"} <= paths
+            "/v2/models/digits-cnn/infer", "/v2/models/minilm/infer", "/v1/embeddings",
+            "/v1/chat/completions", "/v2/models/smollm2/generate_stream"} <= paths
     page = requests.get(f"{base}/docs", timeout=30)
     script = re.search(r"src=['\"]([^'\"]+swagger-ui-bundle\.js)['\"]", page.text).group(1)
     assert requests.get(f"{base}{script}", timeout=30).status_code == 200
     assert requests.get(f"{base}/", timeout=30).json()["docs"] == "/docs"
+
+
+def _check_chat(demo: str, key: str, env: dict) -> None:
+    """Through HAProxy: quickstart's streamed chat curl, the README's `openai` example, and a
+    stream closed early, whose generation leaves the engine's batch within a second."""
+    env = env | {"MAAS_API_KEY": key}
+    curl = next(line.strip() for line in demo.splitlines() if "curl -sN" in line)
+    streamed = subprocess.run(["bash", "-c", curl], env=env, capture_output=True, text=True,
+                              timeout=120).stdout
+    events = [line[len("data: "):] for line in streamed.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) > 5, streamed
+    text = "".join(c["delta"].get("content") or "" for e in events[:-1]
+                   for c in json.loads(e)["choices"])
+    assert "Paris" in text, streamed
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    ran = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert "Paris" in ran.stdout and "completion_tokens=" in ran.stdout, ran.stdout + ran.stderr
+    headers = {"Authorization": f"Bearer {key}"}
+    engine = "http://127.0.0.1:8000/v2/models/smollm2/engine"
+    body = {"model": "smollm2", "stream": True, "max_tokens": 1000, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to one thousand."}]}
+    with requests.post("http://127.0.0.1:8000/v1/chat/completions", json=body, headers=headers,
+                       stream=True, timeout=60) as reply:
+        lines = reply.iter_lines()
+        for _ in range(6):
+            next(lines)
+        assert requests.get(engine, headers=headers, timeout=10).json()["running"] == 1
+    closed = time.monotonic()
+    while requests.get(engine, headers=headers, timeout=10).json()["running"]:
+        assert time.monotonic() - closed < 1.0, "the closed stream still generates"
+        time.sleep(0.02)
 
 
 def test_up_submit_serve_status_down(user_env):
@@ -124,8 +158,10 @@ def test_up_submit_serve_status_down(user_env):
     summary = _summary(job.stdout)
     models = {m["name"]: m for m in summary["models"]}
     # The shipped deploy.yaml: an MLP and a CNN on digits, each trained in under 3 minutes,
-    # and the pretrained all-MiniLM-L6-v2 exported, checked and served as int8.
-    assert set(models) == {"digits", "digits-cnn", "minilm"}
+    # the pretrained all-MiniLM-L6-v2 exported, checked and served as int8, and SmolLM2 built,
+    # measured and served as int4.
+    assert set(models) == {"digits", "digits-cnn", "minilm", "smollm2"}
+    assert models["smollm2"]["variant"] == "int4" and "Paris" in models["smollm2"]["served_answer"]
     assert _trained_accuracy(models["digits"]) >= 0.95, models["digits"]
     assert _trained_accuracy(models["digits-cnn"]) >= 0.97, models["digits-cnn"]
     assert all(models[m]["stage_seconds"]["train"] <= 180 for m in ("digits", "digits-cnn"))
@@ -177,10 +213,13 @@ def test_up_submit_serve_status_down(user_env):
     answer = reply.json()
     assert answer["model"] == "minilm@2" and answer["usage"]["prompt_tokens"] > 0
     assert [len(d["embedding"]) for d in answer["data"]] == [384] * len(json.loads(body)["input"])
+    _check_chat(demo, key, user_env)
     cards = json.loads(_run(["maas", "catalog", "--tenant", "demo", "--json"], user_env,
                             timeout=120).stdout)
-    assert [c["name"] for c in cards] == ["digits", "digits-cnn", "minilm"]
+    assert [c["name"] for c in cards] == ["digits", "digits-cnn", "minilm", "smollm2"]
     assert cards[2]["kind"] == "text-embedding" and cards[2]["embeddings_url"] == "/v1/embeddings"
+    assert cards[3]["kind"] == "llm" and cards[3]["chat_url"] == "/v1/chat/completions"
+    assert cards[3]["context_length"] == 8192 and cards[3]["price"]["per_1k_output_tokens"]
     assert all(c["agreement"]["version"] == 1 and c["production_version"] for c in cards)
 
     def used() -> Counter:
@@ -196,12 +235,17 @@ def test_up_submit_serve_status_down(user_env):
     assert counts[("demo", "digits", 200)] == 3, counts  # quickstart, its curl, the README's
     assert counts[("demo", "digits-cnn", 200)] == 1, counts
     assert counts[("demo", "minilm", 200)] == 2, counts  # quickstart and the README's example
+    # quickstart, its streamed curl, the README's python; the closed stream is a 499
+    assert counts[("demo", "smollm2", 200)] == 3 and counts[("demo", "smollm2", 499)] == 1, counts
+    billed = [r for r in json.loads(_run(["maas", "usage", "--json"], user_env,
+                                         timeout=120).stdout) if r["model"] == "smollm2"]
+    assert all(r["prompt_tokens"] > 0 and r["cost"] > 0 for r in billed), billed
     assert counts[("maas-pipeline", "minilm", 200)] == 2, counts
     assert counts[("maas-pipeline", "digits", 200)] == 2, counts  # one smoke request per run
     assert counts[("-", "digits", 401)] == 1, counts
     listed = {m["name"]: m for m in _models(user_env, "list")}
     assert {name: m["versions"] for name, m in listed.items()} == {"digits": 2, "digits-cnn": 2,
-                                                                   "minilm": 2}
+                                                                   "minilm": 2, "smollm2": 2}
     versions = _models(user_env, "show", "digits")["versions"]
     assert [v["version"] for v in versions] == [1, 2]
     assert versions[0]["source_run"] != versions[1]["source_run"]

@@ -196,14 +196,31 @@ def test_completions_and_triton_generate(llm):
     assert "".join(pieces) == done.choices[0].text
 
 
-def test_usage_records_the_billed_tokens(llm):
-    store = llm["store"]
-    answer = _client(llm).chat.completions.create(model=NAME, messages=CAPITAL, temperature=0,
-                                                  max_tokens=12)
-    rows = until(lambda: [r for r in store.usage(tenant="acme") if r.model == NAME],
-                 timeout_s=10)
-    assert rows
-    assert sum(r.completion_tokens for r in rows) >= answer.usage.completion_tokens
+def test_billed_tokens_are_the_answers_usage_streamed_or_not(llm):
+    """A tenant of its own: one answer in one body, one streamed; the usage store (what
+    `maas usage` bills) holds exactly the sum of the two `usage` objects the client got."""
+    store, cfg = llm["store"], llm["cfg"]
+    key, _, _ = onboard(store, cfg.models, "billed-co", "test")
+    client = _client(llm, key)
+    until(lambda: _answers(client), timeout_s=10)  # the replica sees the new key
+    # ...and that request is written (usage is flushed every access.usage_flush_s).
+    rows = until(lambda: [r for r in store.usage(tenant="billed-co", model=NAME)
+                          if r.status == 200 and r.requests == 1], timeout_s=10)
+    before = (sum(r.prompt_tokens for r in rows), sum(r.completion_tokens for r in rows))
+    whole = client.chat.completions.create(model=NAME, messages=CAPITAL, max_tokens=20,
+                                           temperature=0.7, seed=3)
+    streamed = [c.usage for c in client.chat.completions.create(
+        model=NAME, messages=CAPITAL, max_tokens=20, temperature=0.7, seed=4, stream=True,
+        stream_options={"include_usage": True}) if c.usage is not None][-1]
+    want = (before[0] + whole.usage.prompt_tokens + streamed.prompt_tokens,
+            before[1] + whole.usage.completion_tokens + streamed.completion_tokens)
+
+    def billed() -> tuple[int, int] | None:
+        rows = store.usage(tenant="billed-co", model=NAME)
+        got = (sum(r.prompt_tokens for r in rows), sum(r.completion_tokens for r in rows))
+        return got if got == want else None
+
+    assert until(billed, timeout_s=10) == want
 
 
 def test_generated_requests_to_the_chat_routes_get_no_5xx(llm):

