@@ -116,7 +116,16 @@ def run_cli(config: Path, run_name: str | None, verbose: bool, json_out: bool) -
             shown.data.flush()
         else:
             print_summary(shown.console, cfg, summary)
+        _disconnect()  # while the log still takes them: Ray's last warnings come as it leaves
     return 0
+
+
+def _disconnect() -> None:
+    """Leave the Ray cluster now (a head from `maas up` keeps serving), not at exit."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from rich.table import Table
 from jobs.stages import ModelReport
 from maas.config import DeployConfig
 from maas.report import print_wide
-from maas.oip import row_request, text_request
+from maas.oip import row_request
 from maas.llm.files import KIND as LLM_KIND
 from maas.routes import OIP_ROOT, chat_route, embeddings_route
 from maas.text import KIND as TEXT_KIND
@@ -44,15 +44,13 @@ def _curls(cfg: DeployConfig, report: ModelReport) -> list[str]:
                            "messages": [{"role": "user", "content": report.example}]})
         return [f"curl -s -X POST {cfg.cluster.base_url}{chat_route()} {auth}"
                 f"-H 'Content-Type: application/json' -d {shlex.quote(chat)}"]
-    text = report.kind == TEXT_KIND
-    body = text_request([report.example]) if text else row_request(report.example)
-    lines = [f"curl -s -X POST {report.endpoint} {auth}-H 'Content-Type: application/json' "
-             f"-d {shlex.quote(body.model_dump_json(exclude_none=True))}"]
-    if text:
+    if report.kind == TEXT_KIND:  # an embedder: OpenAI's shape (OIP's is in the guides)
         openai = json.dumps({"model": report.name, "input": [report.example]})
-        lines.append(f"curl -s -X POST {cfg.cluster.base_url}{embeddings_route()} {auth}"
-                     f"-H 'Content-Type: application/json' -d {shlex.quote(openai)}")
-    return lines
+        return [f"curl -s -X POST {cfg.cluster.base_url}{embeddings_route()} {auth}"
+                f"-H 'Content-Type: application/json' -d {shlex.quote(openai)}"]
+    body = row_request(report.example)
+    return [f"curl -s -X POST {report.endpoint} {auth}-H 'Content-Type: application/json' "
+            f"-d {shlex.quote(body.model_dump_json(exclude_none=True))}"]
 
 
 def print_summary(console: Console, cfg: DeployConfig, summary: RunSummary) -> None:
