@@ -239,7 +239,8 @@ def test_the_catalog_shows_what_the_key_may_use(gated):
     assert card["metrics"]["held_out_accuracy"] == 0.5
     assert card["agreement"]["version"] == gated["store"].agreement(NAME).version
     assert card["agreement"]["license"] == "CC-BY-4.0"
-    assert card["price"] == {"per_1k_rows": 0.5, "currency": "USD"}
+    assert card["price"] == {"per_1k_rows": 0.5, "per_1k_input_tokens": None,
+                             "per_1k_output_tokens": None, "currency": "USD"}
     everything = catalog(_key(gated, "all-co", models=("*",), accept=False))
     assert [c["name"] for c in everything] == [NAME, "other"]
 

@@ -245,9 +245,9 @@ def test_generated_requests_to_the_chat_routes_get_no_5xx(llm):
     outcomes: Counter = Counter()
     failures: list[str] = []
     headers = {"Authorization": f"Bearer {llm['key']}"}
-    fuzz_document(f"{llm['base']}/v1", outcomes, failures, headers=headers, cases=60,
+    fuzz_document(f"{llm['base']}/v1", outcomes, failures, headers=headers, cases=30,
                   prepare=short)
     fuzz_document(f"{llm['base']}{model_route(NAME)}", outcomes, failures, headers=headers,
                   cases=60, prepare=short)
     assert not failures, "\n".join(failures[:10])
-    assert outcomes[200] > 20 and sum(outcomes.values()) >= 300, outcomes
+    assert outcomes[200] > 10 and sum(outcomes.values()) >= 150, outcomes
