@@ -211,8 +211,6 @@ def build_app(args: InferenceArgs) -> Application:
     """Serve entry point: ``serve_apps.inference:build_app``; Serve validates the config's
     ``args`` into :class:`maas.app_args.InferenceArgs`."""
     serving = args.serve
-    scaling = ({"autoscaling_config": serving.autoscaling.model_dump(exclude_none=True)}
-               if serving.autoscaling else {"num_replicas": serving.num_replicas})
     return ModelServer.options(
         name=model_app_name(args.name),
         ray_actor_options={"num_cpus": serving.cpus_per_replica},
@@ -222,5 +220,5 @@ def build_app(args: InferenceArgs) -> Application:
         # Requests take milliseconds: a replica being replaced or scaled away drains quickly.
         graceful_shutdown_wait_loop_s=0.5,
         graceful_shutdown_timeout_s=5.0,
-        **scaling,
+        **serving.scaling_options(),
     ).bind(args)

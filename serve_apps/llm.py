@@ -272,8 +272,6 @@ class LLMServer:
 def build_app(args: InferenceArgs) -> Application:
     """Serve entry point: ``serve_apps.llm:build_app``, typed args as serve_apps.inference."""
     serving = args.serve
-    scaling = ({"autoscaling_config": serving.autoscaling.model_dump(exclude_none=True)}
-               if serving.autoscaling else {"num_replicas": serving.num_replicas})
     return LLMServer.options(
         name=model_app_name(args.name),
         ray_actor_options={"num_cpus": serving.cpus_per_replica},
@@ -281,5 +279,5 @@ def build_app(args: InferenceArgs) -> Application:
         max_ongoing_requests=4 * serving.llm.max_num_seqs,
         logging_config={"enable_access_log": serving.access_log},
         graceful_shutdown_wait_loop_s=1.0, graceful_shutdown_timeout_s=30.0,
-        **scaling,
+        **serving.scaling_options(),
     ).bind(args)

@@ -20,6 +20,7 @@ from maas.llm.chat import ChatModel
 from maas.llm.engine import Constraint, StepOutput
 from maas.llm.files import KIND, materialize
 from maas.llm.sampling import SamplingParams
+from maas.llm.sequence import check_fits
 from maas.llm.stream import generate
 from maas.registry import Registry, RegistryError, VersionInfo
 from serve_apps.chat_types import (ChatRequest, Chunk, CompletionRequest, TokenLogprobOut,
@@ -79,11 +80,7 @@ def _max_tokens(asked: int | None, prompt: int, context: int, default: int) -> i
             raise MaasError(f"the prompt has {prompt} tokens, the whole context length of "
                             f"{context}; shorten it", status=400, param="messages")
         return min(default, left)
-    if prompt + asked > context:
-        raise MaasError(f"the prompt has {prompt} tokens and max_tokens asks for {asked}: "
-                        f"{prompt + asked} in all, over this model's context length of "
-                        f"{context} tokens; shorten the prompt or lower max_tokens",
-                        status=400, param="max_tokens")
+    check_fits(prompt, asked, context)  # before tokens are reserved for it
     return asked
 
 

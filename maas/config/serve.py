@@ -98,6 +98,13 @@ class ServeConfig(StrictModel):
                                 description="chat LLMs only: the generation engine's bounds")
 
 
+    def scaling_options(self) -> dict[str, object]:
+        """Ray Serve's deployment options for these replicas: autoscaling, or a fixed count."""
+        if self.autoscaling:
+            return {"autoscaling_config": self.autoscaling.model_dump(exclude_none=True)}
+        return {"num_replicas": self.num_replicas}
+
+
 class PromotionConfig(StrictModel):
     """When a newly registered version takes the ``production`` alias (and so, live traffic)."""
 

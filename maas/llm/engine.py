@@ -31,7 +31,7 @@ from maas.llm.detok import TextStream
 from maas.llm.kvcache import KVCache
 from maas.llm.sampling import Sampler, SamplingParams
 from maas.llm.sequence import (Constraint, ContextOverflow, EngineStats, Sequence,
-                               StepOutput)
+                               StepOutput, check_fits)
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,7 @@ class Engine:
         if not prompt:
             raise ContextOverflow("the prompt is empty: send at least one token of text",
                                   param="messages")
-        if len(prompt) + params.max_tokens > self.context_length:
-            raise ContextOverflow(
-                f"the prompt has {len(prompt)} tokens and max_tokens is {params.max_tokens}: "
-                f"together {len(prompt) + params.max_tokens}, over this model's context length "
-                f"of {self.context_length} tokens; shorten the prompt or lower max_tokens",
-                param="max_tokens")
+        check_fits(len(prompt), params.max_tokens, self.context_length)
         sequence = Sequence(prompt=list(prompt), params=params, sink=sink, constraint=constraint,
                              sampler=Sampler(params),
                              text=TextStream(self.tokenizer, stop=params.stop))

@@ -21,6 +21,16 @@ class ContextOverflow(MaasError):
     status = 400
 
 
+def check_fits(prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+    """ContextOverflow (400, naming both numbers) unless prompt + max_tokens fit the context."""
+    if prompt_tokens + max_tokens > context_length:
+        raise ContextOverflow(
+            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: together "
+            f"{prompt_tokens + max_tokens}, over this model's context length of "
+            f"{context_length} tokens; shorten the prompt or lower max_tokens",
+            param="max_tokens")
+
+
 class Constraint(Protocol):
     """A grammar a sequence's tokens must follow (``maas.llm.guidance``)."""
 
