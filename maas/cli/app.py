@@ -5,6 +5,7 @@
     maas models list | show NAME | promote NAME VERSION [--alias A] | rollback NAME | keygen
     maas keys create | list | revoke       maas agreements list | show | accept
     maas usage      maas catalog           maas quickstart
+    maas finetune check FILE | example orders OUT_DIR
 
 Heavy libraries (Ray, torch, MLflow) are imported inside the commands that need them, so
 ``maas validate`` answers in well under a second. docs/reference/cli.md is generated from this
@@ -20,7 +21,7 @@ from typing import Optional
 import typer
 import yaml
 
-from maas.cli import cluster, keys, models, quickstart, usage
+from maas.cli import cluster, finetune, keys, models, quickstart, usage
 from maas.cli.common import ConfigArg, console, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -78,6 +79,7 @@ def serve_config(config: Path = ConfigArg,
 app.add_typer(models.models_app, name="models")
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(keys.agreements_app, name="agreements")
+app.add_typer(finetune.finetune_app, name="finetune")
 app.command("usage")(usage.usage)
 app.command("catalog")(usage.catalog)
 app.command("quickstart")(quickstart.quickstart)

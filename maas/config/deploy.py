@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from maas.config.base import (MODEL_NAME_PATTERN, StrictModel, access_store_uri,
                               expand_state_dir, sqlite_uri)
+from maas.config.finetune import FinetuneConfig
 from maas.config.govern import AccessConfig, AgreementConfig, CatalogConfig, RegistryConfig
 from maas.config.llm import LLM_VARIANTS
 from maas.config.optimize import (PRETRAINED_VARIANTS, TRAINED_VARIANTS, ExportConfig,
@@ -89,9 +90,17 @@ class ModelConfig(StrictModel):
                              "model exported as it is (needs the text extra; a language "
                              "model, the llm extra)")
     pretrained: PretrainedConfig | None = Field(None, description="source: pretrained only")
+    finetune: FinetuneConfig | None = Field(
+        None, description="pretrained.task chat only: tune the pretrained model on chat "
+                          "examples first; the base is registered as this model's first "
+                          "version, the tuned one promoted over it by finetune.gate")
 
     @model_validator(mode="after")
     def _source_has_its_sections(self) -> ModelConfig:
+        if self.finetune is not None and (self.pretrained is None
+                                          or self.pretrained.task != "chat"):
+            raise ValueError("finetune: tunes a pretrained chat model; it needs source: "
+                             "pretrained and pretrained.task: chat")
         if self.source == "train":
             if self.pretrained is not None:
                 raise ValueError("pretrained: only used with source: pretrained; remove it, or "

@@ -19,9 +19,9 @@ from typing import Any
 from maas.config import DeployConfig
 from maas.oip import TensorSpec
 from maas.registry.artifacts import Artifacts
-from maas.registry.versions import (ALIASES, CANARY, HISTORY_TAG, MAX_VERSION, METRIC_PREFIX,
-                                    MODEL_FILE, PRODUCTION, ModelNotFound, ModelSummary,
-                                    RegistryError, VersionInfo, VersionNotFound,
+from maas.registry.versions import (ALIASES, CANARY, HISTORY_TAG, LINEAGE_PREFIX, MAX_VERSION,
+                                    METRIC_PREFIX, MODEL_FILE, PRODUCTION, ModelNotFound,
+                                    ModelSummary, RegistryError, VersionInfo, VersionNotFound,
                                     is_version_number, millis_iso, onnx_signature,
                                     version_info)
 
@@ -56,10 +56,13 @@ class Registry:
                  variant: str, data_fingerprint: str, config_digest: str,
                  description: str = "", kind: str = "onnx",
                  signature: tuple[list[TensorSpec], list[TensorSpec]] | None = None,
-                 assets: dict[str, bytes] | None = None) -> VersionInfo:
+                 assets: dict[str, bytes] | None = None,
+                 lineage: dict[str, str] | None = None) -> VersionInfo:
         """Store ``onnx_path`` (and ``assets``, by file name) with run ``run_id`` and add it as
         the next version of ``name``. ``signature`` (inputs, outputs) is what clients send
-        and get, when that is not the graph's own (a text model takes text, not token ids)."""
+        and get, when that is not the graph's own (a text model takes text, not token ids).
+        ``lineage``: where the version came from (a fine-tune's base, data and method), kept
+        as ``lineage.<key>`` tags."""
         plaintext = onnx_path.read_bytes()
         opset, inputs, outputs = onnx_signature(plaintext)
         if signature is not None:
@@ -82,7 +85,9 @@ class Registry:
             "config_hash": config_digest,
             "source_run": run_id,
             "kind": kind,
-        } | {f"{METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
+        }
+        tags |= {f"{METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
+        tags |= {f"{LINEAGE_PREFIX}{k}": v for k, v in (lineage or {}).items()}
         if assets:
             tags["assets"] = json.dumps({f: {"sha256": stored.sha256[f],
                                              "artifact_sha256": stored.artifact_sha256[f]}

@@ -31,6 +31,7 @@ ALIASES = (PRODUCTION, CANARY)
 HISTORY_TAG = "maas.production_history"
 MODEL_FILE = "model.onnx"
 METRIC_PREFIX = "metric."
+LINEAGE_PREFIX = "lineage."
 # MLflow stores version numbers in an integer column: a larger number can name no version
 # (and SQLite fails on it with an error that is not "does not exist").
 MAX_VERSION = 2**31 - 1
@@ -88,6 +89,7 @@ class VersionInfo(BaseModel):
     source: str  # artifact folder URI
     kind: str = "onnx"
     assets: dict[str, AssetInfo] = {}
+    lineage: dict[str, str] = {}  # a fine-tune's base, data, method and evaluations
 
 
 class ModelSummary(BaseModel):
@@ -163,4 +165,6 @@ def version_info(mv: Any, aliases: dict[str, int]) -> VersionInfo:
         data_fingerprint=tags.get("data_fingerprint", ""),
         config_hash=tags.get("config_hash", ""), source_run=mv.run_id or None,
         source=mv.source, kind=tags.get("kind", "onnx"),
-        assets={f: AssetInfo(**a) for f, a in json.loads(tags.get("assets", "{}")).items()})
+        assets={f: AssetInfo(**a) for f, a in json.loads(tags.get("assets", "{}")).items()},
+        lineage={k.removeprefix(LINEAGE_PREFIX): v for k, v in tags.items()
+                 if k.startswith(LINEAGE_PREFIX)})

@@ -1,0 +1,1 @@
+"""Fine-tuning data, tokenization and evaluation for chat models (jobs.finetune trains)."""
