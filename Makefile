@@ -80,6 +80,7 @@ bench: setup
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/text_bench.py
 	$(BIN)/python bench/llm_bench.py
+	$(BIN)/python bench/finetune_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache bench/out site
