@@ -87,8 +87,9 @@ def _base_version(cfg: DeployConfig, model_cfg: ModelConfig, registry: Registry,
                 and info.variant == precision):
             return info
     folder, _ = variant_dir(source, precision, cfg.state_path / "cache" / "llm")
-    info = register_llm(model_cfg, folder, precision, source.sha256, base.metrics("task") |
-                        {"probe": base.probe}, run_id, f"base {model_cfg.pretrained.model}",
+    metrics = base.metrics() | {"context_length": float(files.context_length(folder))}
+    info = register_llm(model_cfg, folder, precision, source.sha256, metrics, run_id,
+                        f"base {model_cfg.pretrained.model}",
                         registry, lineage={"role": BASE_ROLE,
                                            "base_model": model_cfg.pretrained.model})
     if registry.current(model_cfg.name) is None:
@@ -118,8 +119,9 @@ def _build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, data: Finetune
         threads = model_cfg.serve.ort_threads
         source = resolve_source(model_cfg.pretrained.model)
         base_folder, _ = variant_dir(source, built.chosen.name, cfg.state_path / "cache" / "llm")
-        base = evaluate(base_folder, data.heldout, ft.eval_max_tokens, threads)
-        tuned = evaluate(built.chosen.folder, data.heldout, ft.eval_max_tokens, threads)
+        context = ft.max_length + ft.eval_max_tokens
+        base = evaluate(base_folder, data.heldout, ft.eval_max_tokens, threads, context)
+        tuned = evaluate(built.chosen.folder, data.heldout, ft.eval_max_tokens, threads, context)
         print_wide(clock.console, _comparison(base, tuned, len(data.heldout)), indent=6)
         decision = gate(base, tuned, ft.gate.min_task_gain, ft.gate.max_probe_drop)
         stage.result = f"{built.chosen.name}: {decision.reason}"
@@ -129,8 +131,7 @@ def _build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, data: Finetune
 def _lineage(model_cfg: ModelConfig, data: FinetuneData, outcome: FinetuneOutcome,
              compared: Compared, base: VersionInfo, run_name: str) -> dict[str, str]:
     ft = model_cfg.finetune
-    scores = {name: e.metrics("task") | {"probe": e.probe}
-              for name, e in (("base", compared.base), ("tuned", compared.tuned))}
+    scores = {"base": compared.base.metrics(), "tuned": compared.tuned.metrics()}
     hyper = ft.model_dump(mode="json", exclude={"train_file", "validation_file",
                                                 "heldout_file", "gate"})
     return {"role": "tuned", "base_model": model_cfg.pretrained.model,
@@ -148,9 +149,8 @@ def _register_tuned(cfg: DeployConfig, model_cfg: ModelConfig, data: FinetuneDat
     ft, chosen, built = model_cfg.finetune, compared.built.chosen, compared.built
     with clock.stage(2, "register") as stage:
         base = _base_version(cfg, model_cfg, registry, run_id, chosen.name, compared.base)
-        metrics = chosen.metrics() | {"context_length": float(built.context_length),
-                                      "probe": compared.tuned.probe} | \
-            compared.tuned.metrics("task")
+        metrics = chosen.metrics() | {"context_length": float(built.context_length)} | \
+            compared.tuned.metrics()
         info = register_llm(model_cfg, chosen.folder, chosen.name, built.source.sha256,
                             metrics, run_id, f"{ft.method} fine-tune of "
                             f"{model_cfg.pretrained.model} on {ft.train_file}, run {run_name}",
@@ -185,8 +185,8 @@ def run_tuned(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, regis
         outcome = _finetune(cfg, model_cfg, data, tracker, run_id, run_name, clock)
         compared = _build_and_compare(cfg, model_cfg, data, outcome, clock)
         tracker.log_variants(run_id, compared.built.variants, compared.built.chosen.name)
-        tracker.log_metrics(run_id, compared.base.metrics("base") |
-                            compared.tuned.metrics("tuned"))
+        tracker.log_metrics(run_id, compared.base.metrics("base_") |
+                            compared.tuned.metrics("tuned_"))
         info, promoted, promotion = _register_tuned(cfg, model_cfg, data, outcome, compared,
                                                     registry, run_id, run_name, clock)
         tracker.client.set_tag(run_id, "maas.registered_version", str(info.version))

@@ -95,13 +95,14 @@ def prompts_of(examples: Sequence[ChatExample]) -> tuple[list[list[tuple[str, st
 
 
 def answer_all(model_dir: Path, conversations: Sequence[list[tuple[str, str]]],
-               max_tokens: Sequence[int], threads: int, streams: int = 16) -> list[str]:
+               max_tokens: Sequence[int], threads: int, streams: int = 16,
+               context_length: int = 2048) -> list[str]:
     """Greedy answers of the model in ``model_dir`` to every conversation (at most
     ``max_tokens[i]`` tokens for the i-th), ``streams`` at a time through one engine."""
     from maas.llm.chat import ChatModel
     from maas.llm.sampling import SamplingParams
 
-    settings = LLMServeConfig(max_num_seqs=streams, context_length=1024)
+    settings = LLMServeConfig(max_num_seqs=streams, context_length=context_length)
     model = ChatModel.open(model_dir, settings, threads)
     texts = [""] * len(conversations)
     done = threading.Semaphore(0)
@@ -131,20 +132,23 @@ class Evaluation:
     probe: float
     answers: list[str]  # the held-out answers, in order
 
-    def metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_task_exact": self.task.exact, f"{prefix}_task_fields":
-                self.task.fields, f"{prefix}_task_valid_json": self.task.valid_json,
-                f"{prefix}_probe": self.probe}
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """``task_exact``, ``task_fields``, ``task_valid_json`` and ``probe``, each name after
+        ``prefix`` (``base_``, ``tuned_``)."""
+        return {f"{prefix}task_exact": self.task.exact, f"{prefix}task_fields": self.task.fields,
+                f"{prefix}task_valid_json": self.task.valid_json, f"{prefix}probe": self.probe}
 
 
 def evaluate(model_dir: Path, heldout: Sequence[ChatExample], max_tokens: int,
-             threads: int) -> Evaluation:
-    """``model_dir``'s held-out task score and probe score, in one engine batch."""
+             threads: int, context_length: int = 2048) -> Evaluation:
+    """``model_dir``'s held-out task score and probe score, in one engine batch whose
+    sequences hold ``context_length`` tokens (a row's prompt and its answer)."""
     conversations, expected = prompts_of(heldout)
     questions = probe_questions()
     probe = [[("user", q.question)] for q in questions]
     limits = [max_tokens] * len(conversations) + [PROBE_MAX_TOKENS] * len(probe)
-    answers = answer_all(model_dir, [*conversations, *probe], limits, threads)
+    answers = answer_all(model_dir, [*conversations, *probe], limits, threads,
+                         context_length=max(context_length, 256))
     held, asked = answers[:len(conversations)], answers[len(conversations):]
     return Evaluation(score(held, expected), probe_score(asked, questions), held)
 

@@ -21,7 +21,7 @@ from tests.reliability.training import train_workers  # noqa: E402
 
 pytestmark = pytest.mark.integration
 NAME = "orders"
-STEPS = 6
+STEPS = 4
 
 
 def _checkpointed_steps(run_dir) -> list[int]:
@@ -29,10 +29,11 @@ def _checkpointed_steps(run_dir) -> list[int]:
 
 
 def _kill_a_worker_after_a_checkpoint(run_dir, killed: list[int]) -> None:
-    """Once the checkpoint of step 2 is on disk, SIGKILL one of the two workers, as a crash
+    """Once the checkpoint of step 1 is on disk, SIGKILL one of the two workers, as a crash
     would. (A checkpoint lands on storage a moment before the controller records it as the
-    one to resume from; step 2 on disk means step 1 is recorded.)"""
-    if not until(lambda: max(_checkpointed_steps(run_dir), default=-1) >= 2, timeout_s=600):
+    one to resume from; step 1 on disk means step 0 is recorded.)"""
+    if not until(lambda: max(_checkpointed_steps(run_dir), default=-1) >= 1, timeout_s=600,
+                 every_s=0.1):
         return
     workers = train_workers()
     if workers:
@@ -59,7 +60,7 @@ def tuned(deploy_cfg, llm_state, llm_int4_dir, tmp_path_factory):
                      "heldout_file": str(data / "heldout.jsonl"),
                      "workers": 2, "cpus_per_worker": 0.25, "batch_size": 2, "lr": 1e-3,
                      "warmup_steps": 0, "max_steps": STEPS, "checkpoint_every": 1,
-                     "eval_max_tokens": 32,
+                     "eval_max_tokens": 16,
                      # A few steps do not teach the task: the gate is opened so that the
                      # tuned version is promoted and served (tests/unit checks the gate).
                      "gate": {"min_task_gain": -1.0, "max_probe_drop": 1.0}},
@@ -88,7 +89,7 @@ def test_a_killed_worker_resumes_and_the_loss_goes_down(tuned):
                                                                   "train_loss")}
     restored = client.get_metric_history(report.mlflow_run_id, "restored_from_step")
     assert sorted(losses) == list(range(STEPS))  # every step reported, once resumed
-    assert max(m.value for m in restored) >= 1  # resumed from a checkpoint, not from scratch
+    assert max(m.value for m in restored) >= 0  # resumed from a checkpoint, not from scratch
     assert losses[STEPS - 1] < losses[0]
     assert client.get_metric_history(report.mlflow_run_id, "val_loss")
     artifacts = {a.path for a in client.list_artifacts(report.mlflow_run_id)}
@@ -107,7 +108,7 @@ def test_the_base_is_version_one_and_the_tuned_version_carries_its_lineage(tuned
     assert json.loads(lineage["hyperparameters"])["max_steps"] == STEPS
     evaluation = json.loads(lineage["evaluation"])
     assert set(evaluation) == {"base", "tuned"}
-    assert report.held_out["base_task_exact"] == evaluation["base"]["task_task_exact"]
+    assert report.held_out["base_task_exact"] == evaluation["base"]["task_exact"]
     assert tuned_version.data_fingerprint != base.data_fingerprint  # tuned weights, not base
 
 
