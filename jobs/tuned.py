@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray.train
 from rich.console import Console
 from rich.table import Table
 
@@ -38,10 +39,12 @@ from maas.tracking import Tracker
 BASE_ROLE = "base"
 
 
-def _finetune(cfg: DeployConfig, model_cfg: ModelConfig, source: Source, data: FinetuneData,
-              tracker: Tracker, run_id: str, run_name: str, clock: StageClock
-              ) -> FinetuneOutcome:
-    """Stage 1a: Ray Train on the base ``source``, with a progress bar of optimizer steps."""
+def finetune_stage(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
+                   data: FinetuneData, tracker: Tracker, run_id: str, run_name: str,
+                   clock: StageClock, callbacks: tuple[ray.train.UserCallback, ...] = ()
+                   ) -> FinetuneOutcome:
+    """Stage 1a: Ray Train on the base ``source``, with a progress bar of optimizer steps;
+    ``callbacks`` also get every step's report."""
     ft = model_cfg.finetune
     base_hf = hf_dir(source, cfg.state_path / "cache" / "llm")
     steps = planned_steps(ft, len(data.train), ft.workers)[1]
@@ -52,7 +55,7 @@ def _finetune(cfg: DeployConfig, model_cfg: ModelConfig, source: Source, data: F
                 ft, data, base_hf, cfg.state_path / "finetune" / run_name / "hf",
                 cfg.state_path / "train", run_name,
                 [EpochProgress(model_cfg.name, steps, tracker.uri, run_id, unit="step",
-                               rate="tokens_per_s")])
+                               rate="tokens_per_s"), *callbacks])
         tracker.log_training_curve(run_id, f"{model_cfg.name} ({run_name})", unit="step",
                                    right=("perplexity", "val_perplexity"))
         metrics = outcome.metrics
@@ -106,7 +109,7 @@ class Compared:
     decision: GateDecision
 
 
-def _build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
+def build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
                        data: FinetuneData, outcome: FinetuneOutcome,
                        clock: StageClock) -> Compared:
     """Stage 1b: the tuned weights built into variants like any chat model's, then base and
@@ -127,14 +130,17 @@ def _build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, source: Source
     return Compared(built, base, tuned, decision)
 
 
-def _lineage(model_cfg: ModelConfig, data: FinetuneData, outcome: FinetuneOutcome,
-             compared: Compared, base: VersionInfo, run_name: str) -> dict[str, str]:
+def tuned_lineage(model_cfg: ModelConfig, data: FinetuneData, outcome: FinetuneOutcome,
+                  compared: Compared, base_version: str, base_sha256: str, run_name: str
+                  ) -> dict[str, str]:
+    """A tuned version's lineage tags (``base_version``: the base's registered version, or
+    "-" when it has none)."""
     ft = model_cfg.finetune
     scores = {"base": compared.base.metrics(), "tuned": compared.tuned.metrics()}
     hyper = ft.model_dump(mode="json", exclude={"train_file", "validation_file",
                                                 "heldout_file", "gate"})
     return {"role": "tuned", "base_model": model_cfg.pretrained.model,
-            "base_version": str(base.version), "base_sha256": base.data_fingerprint,
+            "base_version": base_version, "base_sha256": base_sha256,
             "method": ft.method, "hyperparameters": json.dumps(hyper), "train_run": run_name,
             "checkpoint": outcome.checkpoint_path,
             "evaluation": json.dumps(scores)} | data.lineage()
@@ -155,7 +161,9 @@ def _register_tuned(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
                             metrics, run_id, f"{ft.method} fine-tune of "
                             f"{model_cfg.pretrained.model} on {ft.train_file}, run {run_name}",
                             registry,
-                            lineage=_lineage(model_cfg, data, outcome, compared, base, run_name))
+                            lineage=tuned_lineage(model_cfg, data, outcome, compared,
+                                                    str(base.version), base.data_fingerprint,
+                                                    run_name))
         if compared.decision.passed:
             promoted, promotion = apply_promotion(model_cfg, info, registry)
             promotion = f"{promotion}; the gate passed"
@@ -183,8 +191,8 @@ def run_tuned(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, regis
     ok = False
     try:
         source = resolve_source(model_cfg.pretrained.model)  # the base: hashed once
-        outcome = _finetune(cfg, model_cfg, source, data, tracker, run_id, run_name, clock)
-        compared = _build_and_compare(cfg, model_cfg, source, data, outcome, clock)
+        outcome = finetune_stage(cfg, model_cfg, source, data, tracker, run_id, run_name, clock)
+        compared = build_and_compare(cfg, model_cfg, source, data, outcome, clock)
         tracker.log_variants(run_id, compared.built.variants, compared.built.chosen.name)
         tracker.log_metrics(run_id, compared.base.metrics("base_") |
                             compared.tuned.metrics("tuned_"))

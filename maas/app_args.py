@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 import maas
 from maas.catalog import CatalogEntry, entries
@@ -73,6 +73,10 @@ class InferenceArgs(ReplicaArgs):
     serve: ServeConfig = Field(default_factory=ServeConfig,
                                description="the model's serve section, as in deploy.yaml")
     agreement: AgreementConfig | None = Field(None, description="the model's terms of use")
+    owner: str | None = Field(None, description="a tenant's fine-tuned model: only that "
+                                                "tenant's keys may use it; others get 404")
+    base: str | None = Field(None, description="a fine-tuned model's base model: keys need it "
+                                               "in scope, and its agreement accepted")
 
 
 class ServerArgs(ReplicaArgs):
@@ -90,6 +94,19 @@ class ServerArgs(ReplicaArgs):
     dashboard_url: str | None = Field(None, description="shown on the home page")
 
 
+class FineTuningArgs(Args):
+    """The /v1 app's fine-tuning API (``fine_tuning`` in deploy.yaml)."""
+
+    deploy: DeployConfig = Field(description="the deploy.yaml sections a fine-tuning job runs "
+                                             "with; models: the bases tenants may tune")
+
+    @field_serializer("deploy")
+    def _as_written(self, deploy: DeployConfig) -> dict:
+        # What deploy.yaml set, not every default: a serve config carries these args as YAML,
+        # and defaults written out would trip the checks on settings a model does not use.
+        return deploy.model_dump(mode="json", exclude_unset=True)
+
+
 class EmbeddingsArgs(ReplicaArgs):
     """``serve_apps.embeddings``: the OpenAI-compatible ``/v1`` app."""
 
@@ -101,6 +118,8 @@ class EmbeddingsArgs(ReplicaArgs):
     body_timeout_s: float = Field(10.0, gt=0, description="slower bodies get 408")
     num_cpus: float = Field(0.1, gt=0, description="CPUs Ray reserves for its replica")
     access_log: bool = Field(False, description="Serve's per-request access log lines")
+    fine_tuning: FineTuningArgs | None = Field(
+        None, description="null: /v1/files and /v1/fine_tuning answer 404")
 
 
 def access_args(cfg: DeployConfig) -> AccessArgs | None:
@@ -156,4 +175,13 @@ def embeddings_args(cfg: DeployConfig) -> EmbeddingsArgs:
                           chat_models=[m.name for m in chat_models(cfg)],
                           max_body_bytes=max(m.serve.max_body_bytes for m in models),
                           body_timeout_s=max(m.serve.body_timeout_s for m in models),
-                          access_log=any(m.serve.access_log for m in models))
+                          access_log=any(m.serve.access_log for m in models),
+                          fine_tuning=fine_tuning_args(cfg))
+
+
+def fine_tuning_args(cfg: DeployConfig) -> FineTuningArgs | None:
+    """The fine-tuning API's settings: deploy.yaml with only the models tenants may tune."""
+    if not cfg.fine_tuning.models:
+        return None
+    return FineTuningArgs(deploy=cfg.model_copy(
+        update={"models": [cfg.model(name) for name in cfg.fine_tuning.models]}))

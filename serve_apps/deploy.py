@@ -55,6 +55,16 @@ def deploy_model(cfg: DeployConfig, model: ModelConfig) -> str:
     return f"{root}{chat_route() if is_chat_model(model) else infer_route(model.name)}"
 
 
+def deploy_tuned(cfg: DeployConfig, model: ModelConfig, owner: str, base: str) -> None:
+    """A tenant's fine-tuned chat model as an app of its own: only ``owner``'s keys, scoped to
+    ``base``, may use it, under ``base``'s agreement (jobs.finetune_service)."""
+    serve.start(proxy_location="HeadOnly",
+                http_options={"host": cfg.cluster.http_host, "port": cfg.cluster.http_port})
+    args = inference_args(cfg, model).model_copy(update={"owner": owner, "base": base})
+    serve.run(llm.build_app(args), name=model_app_name(model.name),
+              route_prefix=model_route(model.name))
+
+
 def wait_for_version(cfg: DeployConfig, model: ModelConfig, version: int,
                      timeout_s: float | None = None) -> None:
     """Poll the model's ready route until its unversioned URL serves ``version``: replicas

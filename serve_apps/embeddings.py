@@ -33,7 +33,9 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
+from maas.access import ANONYMOUS
 from maas.app_args import EmbeddingsArgs
+from maas.finetune.runs import TuningJob
 from maas.oip import InferenceRequest, InferError, RequestInput
 from maas.registry import is_version_number
 from maas.routes import OPENAI_APP, model_app_name
@@ -41,17 +43,13 @@ from maas.text import OUTPUT_NAME, TEXT_INPUT, TOKENS_OUTPUT
 from serve_apps.chat import Rendering
 from serve_apps.chat_types import ChatCompletion, ChatRequest, Completion, CompletionRequest
 from serve_apps.gate import AccessGate, visible_models
-from serve_apps.http import (STREAMED, CallFailure, api_body, make_api, read_json_body,
-                             validation_error)
-from serve_apps.openai_types import (ERROR_TYPES, EmbeddingData, EmbeddingRequest,
-                                     EmbeddingResponse, ModelCardOpenAI, ModelList, OpenAIError,
-                                     Usage, openai_error)
+from serve_apps.finetuning import FineTuning
+from serve_apps.finetuning_routes import file_routes, job_routes
+from serve_apps.http import STREAMED, CallFailure, api_body, read_json_body, validation_error
+from serve_apps.openai_api import ERRORS, api
+from serve_apps.openai_types import (EmbeddingData, EmbeddingRequest, EmbeddingResponse,
+                                     ModelCardOpenAI, ModelList, Usage)
 
-# OpenAI's clients read errors as {"error": {"message": ...}}: this app answers in that shape.
-api = make_api(title="maas OpenAI-compatible API",
-               description="POST /v1/embeddings for the text-embedding models",
-               render=openai_error)
-ERRORS = {status: {"model": OpenAIError} for status in ERROR_TYPES}
 EMBEDDINGS_BODY = api_body(api, EmbeddingRequest)
 CHAT_BODY = api_body(api, ChatRequest)
 COMPLETIONS_BODY = api_body(api, CompletionRequest)
@@ -59,13 +57,15 @@ COMPLETIONS_BODY = api_body(api, CompletionRequest)
 
 @serve.deployment
 @serve.ingress(api)
-class Embeddings:
-    """Translates OpenAI embeddings requests into OIP requests to the model apps."""
+class Embeddings(file_routes(), job_routes()):
+    """Translates OpenAI requests into calls to the model apps; files and fine-tuning jobs
+    (serve_apps.finetuning_routes)."""
 
     def __init__(self, args: EmbeddingsArgs):
         self.args = args
         self.digest = args.digest()
         self.gate = AccessGate(args.access) if args.access is not None else None
+        self.finetuning = FineTuning(args.fine_tuning) if args.fine_tuning else None
         self._handles: dict[str, object] = {}
         self._started = int(time.time())
 
@@ -80,14 +80,45 @@ class Embeddings:
     async def models(self, request: Request) -> ModelList:
         visible = await visible_models(self.gate, request.headers)
         names = sorted({*self.args.models, *self.args.chat_models})
-        return ModelList(data=[self._card(n) for n in names if visible(n)])
+        return ModelList(data=[self._card(n) for n in names if visible(n)]
+                         + await self._tuned_cards(request.headers))
 
     @api.get("/models/{name}", response_model=ModelCardOpenAI, responses=ERRORS)
     async def model(self, name: str, request: Request) -> ModelCardOpenAI:
         visible = await visible_models(self.gate, request.headers)
+        tuned = await self._tuned(name, request.headers)
+        if tuned is not None:
+            return ModelCardOpenAI(id=name, created=int(tuned.finished_at or 0),
+                                   owned_by=tuned.tenant)
         if name not in self.args.chat_models or not visible(name):
             self._known(name, visible)
         return self._card(name)
+
+    async def _tenant(self, headers) -> str:
+        if self.gate is None:
+            return ANONYMOUS
+        return (await self.gate.authenticate(headers)).tenant
+
+    async def _tuned_cards(self, headers) -> list[ModelCardOpenAI]:
+        """The caller's own fine-tuned models."""
+        if self.finetuning is None:
+            return []
+        jobs = await asyncio.to_thread(self.finetuning.jobs.tuned_models,
+                                       await self._tenant(headers))
+        return [ModelCardOpenAI(id=job.fine_tuned_model, created=int(job.finished_at or 0),
+                                owned_by=job.tenant) for job in jobs]
+
+    async def _tuned(self, name: str, headers) -> TuningJob | None:
+        """The job that made the caller's fine-tuned model ``name`` (``ft:...``); None for
+        other names; 404 for a name that is not the caller's own (another tenant's alike)."""
+        if not name.startswith("ft:") or self.finetuning is None:
+            return None
+        job = await asyncio.to_thread(self.finetuning.jobs.tuned_model,
+                                      await self._tenant(headers), name)
+        if job is None:
+            raise InferError(404, f"model: no model {name!r} here; `GET /v1/models` lists "
+                                  f"yours", param="model")
+        return job
 
     def _known(self, name: str, visible: Callable[[str], bool], chat: bool = False) -> None:
         models = self.args.chat_models if chat else self.args.models
@@ -119,10 +150,12 @@ class Embeddings:
         visible = await visible_models(self.gate, request.headers)
         body = await self._body(request, kind)
         name, version = self._version(body.model)
-        self._known(name, visible, chat=True)
+        tuned = await self._tuned(name, request.headers)
+        if tuned is None:
+            self._known(name, visible, chat=True)
         headers = {k: v for k, v in request.headers.items() if k == "authorization"}
         try:
-            handle = (await self._handle(name)).options(stream=True)
+            handle = (await self._handle(tuned.app_name if tuned else name)).options(stream=True)
             stream = getattr(handle, method).remote(headers, body, version or None)
             first = await anext(stream)
         except Exception as exc:  # noqa: BLE001 - the model's app is down or being replaced

@@ -66,15 +66,20 @@ class AccessGate:
 
     def __init__(self, args: AccessArgs, model: str | None = None,
                  terms: AgreementConfig | None = None,
-                 connect: Callable[[str], Any] = limiter_for):
+                 connect: Callable[[str], Any] = limiter_for, owner: str | None = None,
+                 base: str | None = None):
         self.args = args
         self.model = model
+        # A tenant's fine-tuned model (owner): only the owner's keys, scoped to its base, may
+        # use it, under the base's agreement.
+        self.owner = owner
+        self.terms_model = base or model
         self.store = AccessStore(args.url())
         # The model has an agreement when deploy.yaml gives it one; which version tenants must
         # accept is the store's newest, re-read with the keys: `maas agreements` publishes a
         # change at once, and these replicas then ask for it. Publishing is idempotent.
         self.enforced = bool(model and terms)
-        self.agreement = (self.store.publish(model, terms, only_new=True)[0]
+        self.agreement = (self.store.publish(self.terms_model, terms, only_new=True)[0]
                           if self.enforced else None)
         self.payloads: PayloadLog | None = None
         self._apply(self.agreement)
@@ -112,10 +117,10 @@ class AccessGate:
         self._keys = {r.key_id: r for r in self.store.keys()}
         accepted: dict[str, Acceptance] = {}
         if self.enforced:
-            agreement = self.store.agreement(self.model)
+            agreement = self.store.agreement(self.terms_model)
             if agreement is not None and agreement.version != self.agreement.version:
                 self._apply(agreement)
-            for acceptance in self.store.acceptances(model=self.model):
+            for acceptance in self.store.acceptances(model=self.terms_model):
                 if acceptance.version == self.agreement.version:
                     accepted[acceptance.tenant] = acceptance
         self._accepted = accepted  # a whole swap: readers never see half
@@ -211,8 +216,11 @@ class AccessGate:
         self._verified[header] = (key_id, record.key_hash)
         return record
 
-    @staticmethod
-    def check_scope(record: KeyRecord, model: str) -> None:
+    def check_scope(self, record: KeyRecord) -> None:
+        if self.owner is not None and record.tenant != self.owner:  # not theirs: not there
+            raise Refusal(404, f"model: no model {self.model!r} here", record.tenant,
+                          record.key_id, param="model")
+        model = self.terms_model
         if not record.allows(model):
             raise Refusal(403, f"scope: {record.label} may not use model {model!r}; its "
                                f"models: {list(record.models)}", record.tenant, record.key_id)
@@ -220,7 +228,7 @@ class AccessGate:
     async def _acceptance(self, tenant: str) -> Acceptance | None:
         accepted = self._accepted.get(tenant)
         if accepted is None and self._may_look_up(f"tenant:{tenant}"):
-            found = await asyncio.to_thread(self.store.acceptances, self.model, tenant)
+            found = await asyncio.to_thread(self.store.acceptances, self.terms_model, tenant)
             current = self.agreement.version  # type: ignore[union-attr]
             accepted = next((a for a in found if a.version == current), None)
             if accepted is not None:
@@ -232,7 +240,7 @@ class AccessGate:
     async def admit(self, headers: Mapping[str, str]) -> Admission:
         """Every check for one infer request; spends one token of the key's rate and quota."""
         record = await self.authenticate(headers)
-        self.check_scope(record, self.model)  # type: ignore[arg-type]
+        self.check_scope(record)
         log_payloads = False
         if self.agreement is not None:
             accepted = await self._acceptance(record.tenant)
@@ -250,6 +258,6 @@ class AccessGate:
         changed = (f" (it accepted version {older}; the terms have changed since)"
                    if older else "")
         return (f"agreement: tenant {tenant!r} has not accepted version {agreement.version} of "
-                f"the agreement for model {self.model!r} (license "
+                f"the agreement for model {self.terms_model!r} (license "
                 f"{agreement.terms.license}){changed}; `maas agreements accept --tenant "
-                f"{tenant} --model {self.model} --version {agreement.version}`")
+                f"{tenant} --model {self.terms_model} --version {agreement.version}`")

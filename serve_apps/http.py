@@ -51,16 +51,27 @@ async def read_json_body(request: Request, limit: int, timeout_s: float) -> byte
         if media not in ("application/json", "text/plain") and not media.endswith("+json"):
             raise InferError(415, f"content-type: {media!r} is not accepted; send the body as "
                                   f"JSON with Content-Type: application/json")
+    body = await read_capped(request, limit, timeout_s, "serve.max_body_bytes",
+                             "send fewer rows per request")
+    if not body:
+        raise InferError(400, "body: empty; send an inference request as JSON")
+    return body
+
+
+async def read_capped(request: Request, limit: int, timeout_s: float, setting: str,
+                      fix: str) -> bytes:
+    """The body, at most ``limit`` bytes (413 naming ``setting`` and ``fix`` beyond it, read
+    no further), within ``timeout_s`` (408); 411 for a body streamed without a length."""
     declared = request.headers.get("content-length")
     if declared is None and "transfer-encoding" in request.headers:
         # Serve's proxy and replica buffer a streamed body whatever the handler does (hundreds
         # of MB for one 100 MB upload, measured): only a declared length can be refused unread.
-        raise InferError(411, "body: sent without Content-Length (chunked); send the JSON body "
+        raise InferError(411, "body: sent without Content-Length (chunked); send the body "
                               "with its Content-Length, as HTTP clients do for a bytes body")
     if declared is not None and declared.isascii() and declared.isdecimal() \
             and int(declared) > limit:
         raise InferError(413, f"body: {int(declared)} bytes is more than the {limit} allowed "
-                              f"(serve.max_body_bytes); send fewer rows per request")
+                              f"({setting}); {fix}")
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
@@ -68,14 +79,12 @@ async def read_json_body(request: Request, limit: int, timeout_s: float) -> byte
                 size += len(chunk)
                 if size > limit:  # a body sent without (or with a false) Content-Length
                     raise InferError(413, f"body: more than the {limit} bytes allowed "
-                                          f"(serve.max_body_bytes); send fewer rows per request")
+                                          f"({setting}); {fix}")
                 chunks.append(chunk)
     except TimeoutError:
         raise InferError(408, f"body: {size} bytes received in {timeout_s:g} s and the rest "
                               f"still missing (serve.body_timeout_s); send the whole body "
                               f"at once") from None
-    if not size:
-        raise InferError(400, "body: empty; send an inference request as JSON")
     return b"".join(chunks)
 
 

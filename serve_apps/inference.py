@@ -80,7 +80,7 @@ class ModelServer:
     async def _authorize(self, request: Request) -> None:
         """Metadata needs a key whose scope holds this model (no agreement, no rate)."""
         if self.gate is not None:
-            self.gate.check_scope(await self.gate.authenticate(request.headers), self.args.name)
+            self.gate.check_scope(await self.gate.authenticate(request.headers))
 
     @api.get("/", response_model=ModelMetadata, responses=ERRORS)
     async def metadata(self, request: Request) -> Response:

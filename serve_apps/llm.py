@@ -126,8 +126,8 @@ class LLMServer:
         self.versions = Versions(args.registry(), args.name, serving.ort_threads, args.version,
                                  serving.alias_poll_s, serving.canary_weight, loader=loader,
                                  explicit_kept=1, release=_drain)
-        self.gate = (AccessGate(args.access, args.name, args.agreement)
-                     if args.access is not None else None)
+        self.gate = (AccessGate(args.access, args.name, args.agreement, owner=args.owner,
+                                base=args.base) if args.access is not None else None)
         self.metrics = LLMMetrics(args.name)
         self.requests = ReplicaMetrics()  # maas_requests and token counts, as every model app
         self._poller: asyncio.Task | None = None
@@ -144,7 +144,7 @@ class LLMServer:
     async def engine(self, request: Request) -> EngineView:
         """The production version's engine, now: sequences running and waiting, cache held."""
         if self.gate is not None:
-            self.gate.check_scope(await self.gate.authenticate(request.headers), self.args.name)
+            self.gate.check_scope(await self.gate.authenticate(request.headers))
         loaded = self.versions.production
         stats = loaded.model.engine.stats()
         return EngineView(version=str(loaded.info.version), running=stats.running,

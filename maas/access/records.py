@@ -222,6 +222,15 @@ def _known_fields(model: type[BaseModel], data: Any) -> Any:
     return known
 
 
+# Clauses added after agreements were first published: while unset they are left out of the
+# digest, so upgrading maas does not make a new version of every agreement to accept again.
+ADDED_CLAUSES = ("training_data",)
+
+
 def terms_digest(terms: AgreementConfig) -> str:
-    canonical = json.dumps(terms.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    written = terms.model_dump(mode="json")
+    for clause in ADDED_CLAUSES:
+        if written.get(clause) is None:
+            written.pop(clause, None)
+    canonical = json.dumps(written, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

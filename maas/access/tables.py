@@ -65,6 +65,47 @@ usage = sa.Table(  # one row per minute, tenant, key, model, version and status
     sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"))
 
+# Tenants' fine-tuning (maas.finetune.uploads, maas.finetune.runs): uploaded files (their bytes
+# live under state_dir/files), jobs and their events. No foreign key to tenants: with access
+# off, everything belongs to the anonymous tenant.
+files = sa.Table(
+    "maas_files", meta,
+    sa.Column("file_id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("deleted_at", sa.Float))  # the bytes are gone; the row stays for the audit
+tuning_jobs = sa.Table(
+    "maas_tuning_jobs", meta,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False, index=True),
+    sa.Column("base", sa.String(64), nullable=False),
+    sa.Column("suffix", sa.String(64)),
+    sa.Column("training_file", sa.String(40), nullable=False),
+    sa.Column("validation_file", sa.String(40)),
+    sa.Column("hyperparameters", sa.Text, nullable=False),  # JSON
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("app_name", sa.String(64), nullable=False),  # the tuned model's registry name
+    sa.Column("fine_tuned_model", sa.String(255)),  # its public name, once it serves
+    sa.Column("error", sa.Text),  # JSON {code, message, param}
+    sa.Column("trained_tokens", sa.Integer),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float))
+tuning_events = sa.Table(
+    "maas_tuning_events", meta,
+    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(40), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("level", sa.String(8), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.Text))  # JSON, e.g. {"step": 3, "train_loss": 1.2}
+
 UsageKey = tuple[int, str, str, str, str, int]  # minute, tenant, key_id, model, version, status
 
 

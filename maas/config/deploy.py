@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from maas.config.base import (MODEL_NAME_PATTERN, StrictModel, access_store_uri,
                               expand_state_dir, sqlite_uri)
-from maas.config.finetune import FinetuneConfig
+from maas.config.finetune import FinetuneConfig, FineTuningConfig
 from maas.config.govern import AccessConfig, AgreementConfig, CatalogConfig, RegistryConfig
 from maas.config.llm import LLM_VARIANTS
 from maas.config.optimize import (PRETRAINED_VARIANTS, TRAINED_VARIANTS, ExportConfig,
@@ -160,6 +160,9 @@ class DeployConfig(StrictModel):
     access: AccessConfig = Field(default_factory=AccessConfig,
                                  description="keys, agreements, limits and metering")
     models: list[ModelConfig] = Field(min_length=1, description="every model, by name")
+    fine_tuning: FineTuningConfig = Field(
+        default_factory=FineTuningConfig,
+        description="tenants' own fine-tunes of chat models over /v1 (OpenAI's API)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> DeployConfig:
@@ -168,6 +171,12 @@ class DeployConfig(StrictModel):
             if model.name in seen:
                 raise ValueError(f"models: name {model.name!r} appears twice; names must be unique")
             seen.add(model.name)
+        chat = {m.name for m in self.models
+                if m.pretrained is not None and m.pretrained.task == "chat"}
+        wrong = [name for name in self.fine_tuning.models if name not in chat]
+        if wrong:
+            raise ValueError(f"fine_tuning.models: {wrong} are not chat models here (pretrained."
+                             f"task: chat); chat models: {sorted(chat)}")
         return self
 
     @property

@@ -38,22 +38,15 @@ class FinetuneGateConfig(StrictModel):
                     "most this much below the base's (forgetting)")
 
 
-class FinetuneConfig(StrictModel):
-    """Fine-tuning with Ray Train: the data, the method, the steps and the gate."""
+class FinetuneRecipe(StrictModel):
+    """How to fine-tune: the method, the workers, the steps and the gate (everything but the
+    data). deploy.yaml's ``fine_tuning.recipe`` is the one /v1/fine_tuning jobs use."""
 
-    train_file: str = Field(min_length=1, description="chat examples, OpenAI's fine-tuning "
-                                                      "JSONL (relative paths from deploy.yaml's "
-                                                      "folder)")
-    validation_file: str | None = Field(
-        None, description="scored every epoch (loss, perplexity); unset: validation_fraction "
-                          "of train_file")
-    heldout_file: str | None = Field(
-        None, description="scored once, base against tuned (the task score and the gate); "
-                          "unset: heldout_fraction of train_file")
-    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5,
-                                       description="share of train_file kept for validation")
-    heldout_fraction: float = Field(0.1, gt=0.0, lt=0.5,
-                                    description="share of train_file kept for the held-out score")
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="share of the training file kept for validation")
+    heldout_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="share of the training file kept for the held-out "
+                                         "score")
     method: Literal["lora", "full"] = Field(
         "lora", description="lora: adapters on the target modules, merged after; full: every "
                             "weight trains")
@@ -93,7 +86,7 @@ class FinetuneConfig(StrictModel):
     seed: int = Field(0, description="seed of the adapters, the splits and the shuffling")
 
     @model_validator(mode="after")
-    def _method_settings(self) -> FinetuneConfig:
+    def _method_settings(self) -> FinetuneRecipe:
         if self.method == "full" and "lora" in self.model_fields_set:
             raise ValueError("lora: only used with method: lora; remove it")
         if self.strategy == "fsdp" and self.method == "lora":
@@ -103,3 +96,42 @@ class FinetuneConfig(StrictModel):
             raise ValueError("strategy: fsdp shards a model across GPUs (use_gpu: true); on "
                              "CPU workers use ddp")
         return self
+
+
+class FinetuneConfig(FinetuneRecipe):
+    """Fine-tuning with Ray Train: the data, then the recipe (method, steps, gate)."""
+
+    train_file: str = Field(min_length=1, description="chat examples, OpenAI's fine-tuning "
+                                                      "JSONL (relative paths from deploy.yaml's "
+                                                      "folder)")
+    validation_file: str | None = Field(
+        None, description="scored every epoch (loss, perplexity); unset: validation_fraction "
+                          "of train_file")
+    heldout_file: str | None = Field(
+        None, description="scored once, base against tuned (the task score and the gate); "
+                          "unset: heldout_fraction of train_file")
+
+
+class FineTuningConfig(StrictModel):
+    """``fine_tuning``: tenants fine-tune chat models themselves through OpenAI's API on /v1
+    (``/v1/files``, ``/v1/fine_tuning/jobs``); each job is a Ray job running ``recipe``."""
+
+    models: list[str] = Field(
+        default_factory=list, description="chat models (names under models) tenants may "
+                                          "fine-tune; empty: the fine-tuning API is off")
+    recipe: FinetuneRecipe = Field(default_factory=FinetuneRecipe,
+                                   description="how every job trains; a job's hyperparameters "
+                                               "(n_epochs, batch_size, learning_rate_multiplier) "
+                                               "adjust it")
+    variant: Literal["int8", "int4"] = Field(
+        "int8", description="the precision tuned models are built and served at (int4 lost "
+                            "the tuned answer format in the bench, int8 kept it)")
+    max_file_bytes: int = Field(16 * 2**20, ge=1024, le=2**30,
+                                description="larger uploads get 413")
+    max_file_lines: int = Field(50_000, ge=4, description="files with more lines get 400")
+    retention_days: int = Field(30, ge=1, le=3650,
+                                description="uploaded files are deleted, bytes and all, after "
+                                            "this many days")
+    max_active_jobs: int = Field(2, ge=1, le=100,
+                                 description="queued or running jobs per tenant; more get 429")
+    max_epochs: int = Field(10, ge=1, le=100, description="the most n_epochs a job may ask for")

@@ -24,6 +24,20 @@ class DataUsageConfig(StrictModel):
                             "replaced by placeholders")
 
 
+class TrainingDataConfig(StrictModel):
+    """What a tenant's training data (files uploaded to fine-tune this model) is used for. It
+    trains only that tenant's own fine-tuned models, which only its keys can call: that is
+    how maas works, whatever is set here."""
+
+    fine_tuning: bool = Field(True, description="whether tenants may fine-tune this model on "
+                                                "their data (false: the license forbids "
+                                                "derivatives)")
+    retention_days: int = Field(30, ge=1, le=3650,
+                                description="files a job tunes this model on are deleted, bytes "
+                                            "and all, this many days after their upload (or "
+                                            "sooner, by fine_tuning.retention_days)")
+
+
 class AgreementConfig(StrictModel):
     """A model's terms of use. Tenants must accept the current version before their keys work
     for the model; any change to these fields is a new version, to be accepted again."""
@@ -35,6 +49,9 @@ class AgreementConfig(StrictModel):
                                        description="what it must not be used for")
     data_usage: DataUsageConfig = Field(default_factory=DataUsageConfig,
                                         description="what may be done with request payloads")
+    training_data: TrainingDataConfig | None = Field(
+        None, description="what tenants' fine-tuning data is used for and how long it is kept; "
+                          "unset: fine_tuning.retention_days")
     text: str | None = Field(None, description="the full terms, or where to read them")
 
 

@@ -74,49 +74,50 @@ class ChatData:
         return len(self.examples)
 
 
-def _error(number: int, exc: ValidationError) -> FinetuneDataError:
+def _error(number: int, exc: ValidationError, param: str) -> FinetuneDataError:
     first = exc.errors()[0]
     where = field_path([str(p) if not isinstance(p, int) else p for p in first["loc"]])
     message = first["msg"].removeprefix("Value error, ")
     if message.startswith("["):  # a validator's own index into messages
         where, _, message = (where + message).partition(": ")
-    return FinetuneDataError(f"line {number}: {where or 'the line'}: {message}",
-                             param="training_file")
+    return FinetuneDataError(f"line {number}: {where or 'the line'}: {message}", param=param)
 
 
-def parse_jsonl(raw: bytes, max_rows: int = 100_000, min_rows: int = 1) -> ChatData:
+def parse_jsonl(raw: bytes, max_rows: int = 100_000, min_rows: int = 1,
+                param: str = "training_file") -> ChatData:
     """Every line of ``raw`` as a :class:`ChatExample` (blank lines skipped); a
-    :class:`FinetuneDataError` naming the first bad line otherwise."""
+    :class:`FinetuneDataError` naming the first bad line otherwise (``param``: the request
+    field the file came in)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FinetuneDataError(f"the file is not UTF-8 text (byte {exc.start})",
-                                param="training_file") from None
+                                param=param) from None
     examples: list[ChatExample] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if len(line.encode()) > MAX_LINE_BYTES:
             raise FinetuneDataError(f"line {number}: longer than {MAX_LINE_BYTES} bytes",
-                                    param="training_file")
+                                    param=param)
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise FinetuneDataError(f"line {number}: not JSON ({exc.msg} at column "
-                                    f"{exc.colno})", param="training_file") from None
+                                    f"{exc.colno})", param=param) from None
         if not isinstance(value, dict):
             raise FinetuneDataError(f"line {number}: must be a JSON object with 'messages', "
-                                    f"got {type(value).__name__}", param="training_file")
+                                    f"got {type(value).__name__}", param=param)
         try:
             examples.append(ChatExample.model_validate(value))
         except ValidationError as exc:
-            raise _error(number, exc) from None
+            raise _error(number, exc, param) from None
         if len(examples) > max_rows:
             raise FinetuneDataError(f"more than {max_rows} examples; split the file",
-                                    param="training_file")
+                                    param=param)
     if len(examples) < min_rows:
         raise FinetuneDataError(f"{len(examples)} examples: at least {min_rows} are needed",
-                                param="training_file")
+                                param=param)
     return ChatData(examples=examples, sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -129,10 +130,18 @@ def read_jsonl(path: Path, max_rows: int = 100_000, min_rows: int = 1) -> ChatDa
 def write_jsonl(path: Path, examples: Iterable[ChatExample]) -> Path:
     """One example per line, written beside ``path`` and renamed into place."""
     body = "".join(example.line() + "\n" for example in examples)
+    return write_bytes(path, body.encode("utf-8"))
+
+
+def write_bytes(path: Path, content: bytes) -> Path:
+    """``content`` written beside ``path`` (readable by its owner only), flushed to disk and
+    renamed into place: a reader sees the whole file or none."""
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(body)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
