@@ -163,6 +163,10 @@ def test_the_tuned_model_answers_its_tenant_and_no_other(service):
         with pytest.raises(openai.NotFoundError):
             call()
     app = f"ft-{job.id.removeprefix('ftjob-')}"
+    store = AccessStore(service["cfg"].access_store)
+    metered = until(lambda: [r for r in store.usage(tenant="acme", model=app)
+                             if r.status == 200 and r.completion_tokens], timeout_s=10)
+    assert metered and metered[0].prompt_tokens == answer.usage.prompt_tokens  # per token
     direct = requests.post(f"{service['cfg'].cluster.base_url}{model_route(app)}/generate",
                            json={"text_input": "Hi"}, timeout=30,
                            headers={"Authorization": f"Bearer {stranger.api_key}"})
