@@ -133,6 +133,14 @@ class JobStore:
             jobs = [_job(row) for row in conn.execute(query)]
         return jobs[:limit], len(jobs) > limit
 
+    def recent(self, tenant: str | None = None, limit: int = 50) -> list[TuningJob]:
+        """The newest jobs of every tenant (or of ``tenant``): the operator's view."""
+        query = tuning_jobs.select().order_by(tuning_jobs.c.created_at.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(tuning_jobs.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
     def active(self, tenant: str) -> int:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(tuning_jobs).where(

