@@ -58,6 +58,7 @@ def main() -> None:
     import ray
 
     from jobs.pipeline import run_pipeline
+    from jobs.stages import PipelineError
     from maas.config import DeployConfig
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -73,7 +74,10 @@ def main() -> None:
                         "optimize": {"variants": [args.variant]},
                         "serve": {"cpus_per_replica": 0.05, "ort_threads": 2,
                                   "llm": {"max_num_seqs": 16, "context_length": 1024}}}]})
-        run_pipeline(cfg, run_name=f"copy-{copy}")
+        try:
+            run_pipeline(cfg, run_name=f"copy-{copy}")
+        except PipelineError as exc:  # served, then its smoke question answered otherwise
+            print(f"(the copy serves; its smoke answer: {exc})", flush=True)
         replicas = _replicas()
         used = psutil.virtual_memory().used / 2**20
         rows.append({"copies": copy, "replicas": replicas, "machine_used_mb": used})
