@@ -18,6 +18,9 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                503: "service_unavailable_error"}
 
 
+FILE_PARAMS = ("file_id", "training_file", "validation_file")  # 404s of /v1/files and jobs
+
+
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request, as far as a sentence embedder can answer it."""
 
@@ -77,6 +80,7 @@ def openai_error(error: MaasError) -> JSONResponse:
     param = error.param
     detail = OpenAIErrorDetail(
         message=error.message, type=ERROR_TYPES.get(error.status, "server_error"), param=param,
-        code="model_not_found" if error.status == 404 else None)
+        code=None if error.status != 404 else "file_not_found" if param in FILE_PARAMS else
+        "model_not_found" if param in (None, "model") else None)
     return JSONResponse(OpenAIError(error=detail).model_dump(), status_code=error.status,
                         headers=error.headers)

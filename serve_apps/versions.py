@@ -157,7 +157,7 @@ class Versions:
         Blocking (it may load): call it off the event loop."""
         if not is_version_number(version) or not 1 <= int(version) <= MAX_VERSION:
             raise InferError(404, f"model {self.name!r} has no version {version!r}; "
-                                  f"versions: {self.numbers}")
+                                  f"versions: {self.numbers}", param="model")
         number = int(version)
         with self._load_lock:
             loaded = self._cached(number) or self._loader(self.registry, self.name, number)

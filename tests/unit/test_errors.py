@@ -71,6 +71,8 @@ def test_each_app_maps_errors_once_in_its_own_shape():
     assert status == 404 and body["error"] == {"message": "model: 'x' is unknown",
                                                "type": "not_found_error", "param": "model",
                                                "code": "model_not_found"}
+    assert _handled(openai, InferError(404, "file_id: no file", param="file_id"))[1][
+        "error"]["code"] == "file_not_found"
     # An unknown field of a request is named as its param, as OpenAI names a bad argument.
     assert _handled(openai, InferError(400, "best_of: extra inputs are not permitted",
                                        param="best_of"))[1]["error"]["param"] == "best_of"
