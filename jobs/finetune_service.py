@@ -21,7 +21,6 @@ import ray.train
 from rich.console import Console
 
 from jobs.finetune import FinetuneData, load_data
-from jobs.finetune_loop import planned_steps
 from jobs.llm import register_llm
 from jobs.stages import StageClock
 from jobs.tuned import build_and_compare, finetune_stage, tuned_lineage
@@ -39,18 +38,18 @@ class StepEvents(ray.train.UserCallback):
     """One job event per reported step (rank 0's loss, validation loss, tokens), written by
     the Ray Train controller, so ``GET .../events`` follows the run as it goes."""
 
-    def __init__(self, store_url: str, job_id: str, steps: int):
-        self.store_url, self.job_id, self.steps = store_url, job_id, steps
+    def __init__(self, store_url: str, job_id: str):
+        self.store_url, self.job_id = store_url, job_id
         self._store: JobStore | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: ray.train.Checkpoint | None) -> None:
         rank0 = metrics[0]
-        step = int(rank0["step"]) + 1
-        data = {"step": step, "total_steps": self.steps, "train_loss": rank0["train_loss"],
+        step, steps = int(rank0["step"]) + 1, int(rank0["total_steps"])
+        data = {"step": step, "total_steps": steps, "train_loss": rank0["train_loss"],
                 # rank 0's tokens of the step times the workers (all ranks' batches alike)
                 "tokens": round(rank0["tokens_per_s"] * rank0["step_s"])}
-        message = f"Step {step}/{self.steps}: training loss={rank0['train_loss']:.4f}"
+        message = f"Step {step}/{steps}: training loss={rank0['train_loss']:.4f}"
         if "val_loss" in rank0:
             data["val_loss"] = rank0["val_loss"]
             message += f", validation loss={rank0['val_loss']:.4f}"
@@ -91,14 +90,10 @@ def run_job(spec: TuningSpec, store: JobStore, console: Console) -> str:
     ok = False
     try:
         source = resolve_source(model.pretrained.model)
-        steps = planned_steps(model.finetune, len(data.train), model.finetune.workers)[1]
-        events = StepEvents(cfg.access_store, spec.job_id, steps)
         outcome = finetune_stage(cfg, model, source, data, tracker, run_id, model.name, clock,
-                                 (events,))
+                                 (StepEvents(cfg.access_store, spec.job_id),))
         store.add_event(spec.job_id, "Training done; building and evaluating the tuned model")
-        compared = build_and_compare(cfg, model, source, data, outcome, clock)
-        tracker.log_metrics(run_id, compared.base.metrics("base_") |
-                            compared.tuned.metrics("tuned_"))
+        compared = build_and_compare(cfg, model, source, data, outcome, tracker, run_id, clock)
         scores = (f"held-out task {compared.base.task.exact:.2f} -> "
                   f"{compared.tuned.task.exact:.2f}, probe {compared.base.probe:.2f} -> "
                   f"{compared.tuned.probe:.2f}")

@@ -110,10 +110,11 @@ class Compared:
 
 
 def build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
-                       data: FinetuneData, outcome: FinetuneOutcome,
-                       clock: StageClock) -> Compared:
+                      data: FinetuneData, outcome: FinetuneOutcome, tracker: Tracker,
+                      run_id: str, clock: StageClock) -> Compared:
     """Stage 1b: the tuned weights built into variants like any chat model's, then base and
-    tuned (at the chosen precision) on the held-out rows and the probe set."""
+    tuned (at the chosen precision) on the held-out rows and the probe set, both scores
+    logged to the MLflow run ``run_id`` (base_*, tuned_*)."""
     ft = model_cfg.finetune
     tuned_cfg = model_cfg.model_copy(update={"pretrained": model_cfg.pretrained.model_copy(
         update={"model": str(outcome.hf_dir)})})
@@ -127,6 +128,7 @@ def build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
         print_wide(clock.console, _comparison(base, tuned, len(data.heldout)), indent=6)
         decision = gate(base, tuned, ft.gate.min_task_gain, ft.gate.max_probe_drop)
         stage.result = f"{built.chosen.name}: {decision.reason}"
+    tracker.log_metrics(run_id, base.metrics("base_") | tuned.metrics("tuned_"))
     return Compared(built, base, tuned, decision)
 
 
@@ -192,10 +194,9 @@ def run_tuned(cfg: DeployConfig, model_cfg: ModelConfig, tracker: Tracker, regis
     try:
         source = resolve_source(model_cfg.pretrained.model)  # the base: hashed once
         outcome = finetune_stage(cfg, model_cfg, source, data, tracker, run_id, run_name, clock)
-        compared = build_and_compare(cfg, model_cfg, source, data, outcome, clock)
+        compared = build_and_compare(cfg, model_cfg, source, data, outcome, tracker, run_id,
+                                     clock)
         tracker.log_variants(run_id, compared.built.variants, compared.built.chosen.name)
-        tracker.log_metrics(run_id, compared.base.metrics("base_") |
-                            compared.tuned.metrics("tuned_"))
         info, promoted, promotion = _register_tuned(cfg, model_cfg, source, data, outcome,
                                                     compared, registry, run_id, run_name,
                                                     clock)

@@ -19,6 +19,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from maas.access import ANONYMOUS, AccessStore, KeyRecord
 from maas.app_args import FineTuningArgs
+from maas.config.finetune import FineTuningConfig
 from maas.config.govern import TrainingDataConfig
 from maas.errors import MaasError
 from maas.finetune.runs import ACTIVE, JobError, JobStore, TuningJob
@@ -152,7 +153,7 @@ class FineTuning:
                             self.files.path(training),
                             self.files.path(validation) if validation else None, self.service)
         deploy = self.deploy.model_copy(update={"models": [model],
-                                                "fine_tuning": type(self.service)()})
+                                                "fine_tuning": FineTuningConfig()})
         spec = TuningSpec(job_id=job.job_id, tenant=tenant, base=body.model,
                           public_name=job.public_name, deploy=deploy)
         self._submit(job, spec.write(self.deploy.state_path))
@@ -184,13 +185,13 @@ class FineTuning:
             info = self._ray().get_job_info(job.job_id)
         except Exception:  # noqa: BLE001 - Ray unreachable: the store's word stands
             return job
+        # Ray RUNNING while the store says queued: the driver is starting and writes
+        # "running" itself; PENDING and RUNNING leave the store's word as it is.
         if info.status == JobStatus.FAILED:
             message = (info.message or "the Ray job failed")[:2000]
             self.jobs.set_status(job.job_id, "failed", JobError("server_error", message))
         elif info.status == JobStatus.STOPPED:
             self.jobs.set_status(job.job_id, "cancelled")
-        elif job.status == "queued" and info.status == JobStatus.RUNNING:
-            return job  # its driver is starting; it writes "running" itself
         else:
             return job
         return self.jobs.find(job.job_id)  # type: ignore[return-value]

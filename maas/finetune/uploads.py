@@ -59,6 +59,12 @@ def _record(row: sa.Row) -> FileRecord:
                       row.sha256, row.created_at, row.expires_at)
 
 
+def _live(tenant: str) -> tuple:
+    """Conditions of ``tenant``'s files that are neither deleted nor past their retention."""
+    return (files.c.tenant == tenant, files.c.deleted_at.is_(None),
+            files.c.expires_at > time.time())
+
+
 def check_upload(content: bytes, purpose: str, limits: UploadLimits) -> ChatData:
     """``content`` as chat examples, or a 400/413 naming the field (and the line) at fault."""
     if purpose != PURPOSE:
@@ -108,8 +114,7 @@ class FileStore:
         naming the request field ``param``."""
         with self.engine.connect() as conn:
             row = conn.execute(files.select().where(
-                files.c.file_id == file_id, files.c.tenant == tenant,
-                files.c.deleted_at.is_(None), files.c.expires_at > time.time())).first()
+                files.c.file_id == file_id, *_live(tenant))).first()
         if row is None:
             raise FileNotFound(f"{param}: no file {file_id!r} here (`GET /v1/files` lists "
                                f"yours)", param=param)
@@ -120,9 +125,8 @@ class FileStore:
 
     def list(self, tenant: str) -> list[FileRecord]:
         with self.engine.connect() as conn:
-            rows = conn.execute(files.select().where(
-                files.c.tenant == tenant, files.c.deleted_at.is_(None),
-                files.c.expires_at > time.time()).order_by(files.c.created_at.desc()))
+            rows = conn.execute(files.select().where(*_live(tenant))
+                                .order_by(files.c.created_at.desc()))
             return [_record(row) for row in rows]
 
     def delete(self, tenant: str, file_id: str) -> FileRecord:
