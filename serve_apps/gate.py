@@ -27,10 +27,11 @@ from maas.app_args import AccessArgs
 from maas.config import AgreementConfig
 from maas.oip import RequestInput
 from maas.payloads import PayloadLog
+from serve_apps import REPLICA_LOG
 from serve_apps.limiter import Leases, TokenBudget, limiter_for
 from serve_apps.metering import UsageMeter
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(REPLICA_LOG)
 LOOKUPS_PER_S = 20  # on-demand store reads per replica per second (unknown keys, tenants)
 
 

@@ -23,7 +23,9 @@ reaches the same replicas through :meth:`ModelServer.call`, with the same checks
 # No `from __future__ import annotations` in serve apps: FastAPI and Serve's typed builders
 # read the real annotation objects.
 import asyncio
+import logging
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 
 import numpy as np
@@ -37,11 +39,13 @@ from maas.access import Refusal
 from maas.app_args import InferenceArgs
 from maas.errors import MaasError
 from maas.oip import (BINARY_HEADER, ErrorBody, InferenceRequest, InferenceResponse, InferError,
-                      ModelMetadata, encode_output, parse_request)
+                      ModelMetadata, encode_output, parse_request, response_json)
 from maas.routes import model_app_name
-from serve_apps.batching import Item, run_together
+from serve_apps import REPLICA_LOG
+from serve_apps.batching import MicroBatcher
 from serve_apps.gate import NOBODY, AccessGate, Admission
 from serve_apps.http import CallFailure, api_body, make_api, read_json_body, validation_error
+from serve_apps.infer_route import InferFront
 from serve_apps.metering import ReplicaMetrics
 from serve_apps.versions import Loaded, Versions
 
@@ -56,6 +60,29 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One infer request's outputs, from the version that computed them."""
+
+    loaded: Loaded
+    request_id: str | None
+    outputs: list[tuple[str, np.ndarray]]
+
+    @property
+    def rows(self) -> int:
+        first = self.outputs[0][1]
+        return first.shape[0] if first.ndim else 1
+
+    def json(self) -> bytes:
+        info = self.loaded.info
+        return response_json(info.name, str(info.version), self.request_id, self.outputs)
+
+    def response(self) -> InferenceResponse:
+        return InferenceResponse(
+            model_name=self.loaded.info.name, model_version=str(self.loaded.info.version),
+            id=self.request_id, outputs=[encode_output(n, a) for n, a in self.outputs])
+
+
 @serve.deployment
 @serve.ingress(api)
 class ModelServer:
@@ -63,6 +90,9 @@ class ModelServer:
     asked for by number, each loaded once per replica and sha256-verified."""
 
     def __init__(self, args: InferenceArgs):
+        # Serve's logger is at WARNING here unless the access log is on (see build_app);
+        # maas's own lines (a version loaded, a gate refresh failing) stay at INFO.
+        logging.getLogger(REPLICA_LOG).setLevel(logging.INFO)
         self.args = args
         self.digest = args.digest()
         serving = args.serve
@@ -72,8 +102,17 @@ class ModelServer:
         self._metrics_flusher: asyncio.Task | None = None  # started by the first request
         self.gate = (AccessGate(args.access, args.name, args.agreement)
                      if args.access is not None else None)
-        self._batched.set_max_batch_size(serving.batching.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(serving.batching.wait_ms / 1000.0)
+        batching = serving.batching
+        self.batcher = MicroBatcher(batching.max_batch_size, batching.wait_ms / 1000.0,
+                                    batching.inline_below_ms / 1000.0, self._observe_batch)
+
+    def __serve_build_asgi_app__(self) -> InferFront:
+        """Serve calls this once __init__ has run: the app that takes this replica's HTTP
+        requests. Infer requests skip FastAPI's routing (serve_apps.infer_route)."""
+        return InferFront(self._http_answer, self.app)
+
+    def _observe_batch(self, size: int) -> None:
+        self._metrics.batch_size.observe(size, self.args.name)
 
     # ---- routes -------------------------------------------------------------------------
 
@@ -104,17 +143,23 @@ class ModelServer:
         self.versions.by_number(version)
         return {"name": self.args.name, "version": version, "ready": True}
 
+    # The two infer routes are answered by InferFront before FastAPI routes a request; they
+    # are declared here for the API document (and answer the same if FastAPI is reached).
     @api.post("/infer", response_model=InferenceResponse, responses=ERRORS,
               openapi_extra=INFER_BODY)
     async def infer(self, request: Request) -> Response:
-        return _json(await self._measured(request.headers, None,
-                                          lambda: self._request_body(request)))
+        return Response(await self._http_answer(request, None), media_type="application/json")
 
     @api.post("/versions/{version}/infer", response_model=InferenceResponse, responses=ERRORS,
               openapi_extra=INFER_BODY)
     async def infer_version(self, version: str, request: Request) -> Response:
-        return _json(await self._measured(request.headers, version,
-                                          lambda: self._request_body(request)))
+        return Response(await self._http_answer(request, version),
+                        media_type="application/json")
+
+    async def _http_answer(self, request: Request, version: str | None) -> bytes:
+        answer = await self._measured(request.headers, version,
+                                      lambda: self._request_body(request))
+        return answer.json()
 
     async def call(self, headers: dict[str, str], body: InferenceRequest,
                    version: str | None = None) -> InferenceResponse | CallFailure:
@@ -125,15 +170,14 @@ class ModelServer:
             return body
 
         try:
-            return await self._measured(headers, version, given)
+            return (await self._measured(headers, version, given)).response()
         except MaasError as exc:
             return CallFailure(exc.status, exc.message, exc.headers)
 
     # ---- one request ----------------------------------------------------------------------
 
     async def _measured(self, headers: Mapping[str, str], version: str | None,
-                        read_body: Callable[[], Awaitable[InferenceRequest]]
-                        ) -> InferenceResponse:
+                        read_body: Callable[[], Awaitable[InferenceRequest]]) -> Answer:
         """Answer one infer request and count it, by version and status, with its latency.
         The body is read only once the request's key is admitted."""
         started = time.perf_counter()
@@ -150,12 +194,11 @@ class ModelServer:
             loaded = (self.versions.pick() if version is None  # by number it may load: off loop
                       else await asyncio.to_thread(self.versions.by_number, version))
             served = str(loaded.info.version)
-            response = await self._infer(loaded, body)
-            rows = response.outputs[0].shape[0] if response.outputs[0].shape else 1
-            status = 200
+            answer = await self._infer(loaded, body)
+            rows, status = answer.rows, 200
             if admission.log_payloads:
                 self.gate.log_payload(admission, served, body.id, body.inputs)
-            return response
+            return answer
         except MaasError as exc:
             status = exc.status
             if isinstance(exc, Refusal):  # an access refusal knows whose key it was
@@ -176,27 +219,16 @@ class ModelServer:
         except ValidationError as exc:
             raise validation_error(exc.errors()) from None
 
-    async def _infer(self, loaded: Loaded, request: InferenceRequest) -> InferenceResponse:
+    async def _infer(self, loaded: Loaded, request: InferenceRequest) -> Answer:
         feeds = loaded.feeds(request, self.args.serve.max_rows)
         wanted = [o.name for o in request.outputs] if request.outputs else loaded.output_names
         unknown = [name for name in wanted if name not in loaded.output_names]
         if unknown:
             raise InferError(400, f"outputs: unknown output(s) {unknown}; "
                                   f"this model has {loaded.output_names}")
-        if self.args.serve.batching.max_batch_size > 1:
-            results = await self._batched((loaded, tuple(wanted), feeds))
-        else:
-            results = await asyncio.to_thread(loaded.run, wanted, feeds)
-        return InferenceResponse(
-            model_name=loaded.info.name, model_version=str(loaded.info.version), id=request.id,
-            outputs=[encode_output(name, np.asarray(r)) for name, r in zip(wanted, results)])
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _batched(self, items: list[Item]) -> list[list[np.ndarray]]:
-        """Requests for the same version, outputs and row shape run as one ONNX Runtime call;
-        each gets its own rows back."""
-        self._metrics.batch_size.observe(len(items), tags={"model": self.args.name})
-        return await run_together(items)
+        results = await self.batcher.run((loaded, tuple(wanted), feeds))
+        return Answer(loaded, request.id,
+                      [(name, np.asarray(r)) for name, r in zip(wanted, results)])
 
     def __del__(self) -> None:
         versions = getattr(self, "versions", None)
@@ -205,6 +237,9 @@ class ModelServer:
         gate = getattr(self, "gate", None)
         if gate is not None:
             gate.close()  # the last second of usage and payloads
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close()
 
 
 def build_app(args: InferenceArgs) -> Application:
@@ -214,9 +249,15 @@ def build_app(args: InferenceArgs) -> Application:
     return ModelServer.options(
         name=model_app_name(args.name),
         ray_actor_options={"num_cpus": serving.cpus_per_replica},
-        # Clients wait for batching, not in Serve's queue, so let a replica take many at once.
-        max_ongoing_requests=max(64, 4 * serving.batching.max_batch_size),
-        logging_config={"enable_access_log": serving.access_log},
+        # Clients wait for batching, not in Serve's queue, so let a replica take many at
+        # once; beyond its queue, a 503 with Retry-After (serve.max_queued_requests).
+        max_ongoing_requests=max(serving.max_ongoing_requests, serving.batching.max_batch_size),
+        max_queued_requests=serving.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": serving.retry_after_s},
+        # Serve formats an access-log record per request unless its level is above INFO
+        # (~3% of a replica's CPU under small requests, measured); with the log off, it is.
+        logging_config={"enable_access_log": serving.access_log,
+                        "log_level": "INFO" if serving.access_log else "WARNING"},
         # Requests take milliseconds: a replica being replaced or scaled away drains quickly.
         graceful_shutdown_wait_loop_s=0.5,
         graceful_shutdown_timeout_s=5.0,

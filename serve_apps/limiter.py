@@ -19,8 +19,9 @@ import ray
 
 from maas.access import AccessStore, KeyRecord, Quota, Refusal, iso
 from maas.limits import Buckets, Grant, lease_size
+from serve_apps import REPLICA_LOG
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(REPLICA_LOG)
 # Raise when what the actor's methods take changes (2: Quota in maas.access.records;
 # 3: Quota.unit, reserve() and release() for LLM tokens).
 LIMITER_PROTOCOL = 3

@@ -23,10 +23,11 @@ from maas.llm.sampling import SamplingParams
 from maas.llm.sequence import check_fits
 from maas.llm.stream import generate
 from maas.registry import Registry, RegistryError, VersionInfo
+from serve_apps import REPLICA_LOG
 from serve_apps.chat_types import (ChatRequest, Chunk, CompletionRequest, TokenLogprobOut,
                                    TopLogprob)
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(REPLICA_LOG)
 
 
 @dataclass

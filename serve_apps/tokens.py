@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 from maas.access import Refusal, iso
 from maas.limits import Grant
+from serve_apps import REPLICA_LOG
 from serve_apps.gate import AccessGate, Admission
 from serve_apps.metering import ReplicaMetrics
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(REPLICA_LOG)
 
 
 @dataclass

@@ -20,8 +20,9 @@ from maas.oip import InferenceRequest, InferError, ModelMetadata, TensorSpec, de
 from maas.registry import (CANARY, MAX_VERSION, PRODUCTION, Registry, RegistryError,
                            VersionInfo, VersionNotFound, is_version_number)
 from maas.runtime import ort_session
+from serve_apps import REPLICA_LOG
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(REPLICA_LOG)
 EXPLICIT_VERSIONS_KEPT = 4  # explicitly requested versions held in memory besides the aliases
 
 

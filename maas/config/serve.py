@@ -44,6 +44,11 @@ class BatchingConfig(StrictModel):
         description="longest a request waits for others to join its batch; 0: a batch is what "
                     "queued while the last one ran (measured best here: 1 ms of waiting cost "
                     "3 ms of p50 at low load and gained no throughput)")
+    inline_below_ms: float = Field(
+        0.5, ge=0.0, le=1000.0,
+        description="a model whose batches take less than this (measured as it serves) runs "
+                    "on the replica's event loop: a thread hop costs more than its call; 0: "
+                    "always on the batch thread")
 
 
 class LLMServeConfig(StrictModel):
@@ -94,6 +99,17 @@ class ServeConfig(StrictModel):
         description="how often replicas re-read the production and canary aliases")
     access_log: bool = Field(
         False, description="Serve's per-request access log lines (a measurable cost per request)")
+    max_ongoing_requests: int = Field(
+        64, ge=1, le=100_000,
+        description="requests a replica works on at once (they wait for batching inside it); "
+                    "more queue in the replica")
+    max_queued_requests: int = Field(
+        256, ge=1, le=1_000_000,
+        description="requests queued in a replica beyond max_ongoing_requests; more are "
+                    "refused at once with 503 and Retry-After (back-pressure: a saturated "
+                    "replica answers quickly instead of letting the queue, and the tail, grow)")
+    retry_after_s: int = Field(1, ge=1, le=3600,
+                               description="the Retry-After of a 503 for a full queue")
     llm: LLMServeConfig = Field(default_factory=LLMServeConfig,
                                 description="chat LLMs only: the generation engine's bounds")
 

@@ -2,6 +2,7 @@
 versions, canary, batching, metrics, autoscaling. Bad input and promotion under load are
 fault tests: tests/reliability."""
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -211,3 +212,49 @@ def test_replicas_scale_up_under_load_and_back_down(served, deploy_cfg):
         assert running() == 1, "no scale-down after the load stopped"
     finally:
         serve.delete(app_name)
+
+
+def test_a_full_replica_refuses_at_once_with_503_and_retry_after(served, deploy_cfg):
+    """One request at a time and a queue of one: two requests whose bodies are still on the
+    way hold the replica and its queue, so the next is refused at once, with Retry-After;
+    once they go, requests are answered again."""
+    from ray import serve
+
+    registry = served["registry"]
+    current = registry.get(NAME, 1)
+    path = served["folder"] / "bounded.onnx"
+    path.write_bytes(registry.load(current))
+    info = registry.register("bounded", path, run_id=current.source_run, metrics={},
+                             variant="fp32", data_fingerprint="test", config_digest="test")
+    registry.promote("bounded", info.version)
+    bounded = ModelConfig(name="bounded", serve={
+        "max_ongoing_requests": 1, "max_queued_requests": 1, "retry_after_s": 3,
+        "batching": {"max_batch_size": 1}, "body_timeout_s": 60})
+    url = deploy_model(deploy_cfg, bounded)
+    wait_for_version(deploy_cfg, bounded, info.version)
+    body = _body(served["splits"].x_test[:1])
+    held = []
+    try:
+        for _ in range(2):  # headers and the first byte of a 1000-byte body, then nothing
+            sock = socket.create_connection(("127.0.0.1", deploy_cfg.cluster.http_port))
+            sock.sendall(b"POST /v2/models/bounded/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            held.append(sock)
+        deadline, reply = time.monotonic() + 30, None
+        while time.monotonic() < deadline:  # until both held requests have reached Serve
+            reply = requests.post(url, json=body, timeout=30)
+            if reply.status_code == 503:
+                break
+            time.sleep(0.2)
+        assert reply is not None and reply.status_code == 503, reply and reply.text
+        assert reply.headers["Retry-After"] == "3"
+    finally:
+        for sock in held:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 30
+        while requests.post(url, json=body, timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "still refused after the held requests left"
+            time.sleep(0.2)
+    finally:
+        serve.delete(model_app_name("bounded"))

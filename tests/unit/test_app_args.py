@@ -49,7 +49,8 @@ def test_serve_builds_the_typed_args_back_from_the_config_file(cfg):
         (bound,) = built._bound_deployment.init_args
         assert isinstance(bound, typed) and bound.model_dump(mode="json") == app["args"]
     digits = next(a for a in document["applications"] if a["name"] == "model-digits")
-    assert digits["args"]["serve"]["batching"] == {"max_batch_size": 16, "wait_ms": 0.0}
+    assert digits["args"]["serve"]["batching"] == {"max_batch_size": 16, "wait_ms": 0.0,
+                                                  "inline_below_ms": 0.5}
 
 
 def test_bad_args_in_a_hand_edited_config_are_refused_by_name(cfg):

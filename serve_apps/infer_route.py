@@ -1,0 +1,75 @@
+"""The infer routes of a model replica as a plain ASGI handler in front of its FastAPI app.
+
+A replica's CPU under many small requests went a quarter to FastAPI's routing, middleware and
+dependency solving (py-spy, bench/RESULTS.md), for two routes that read their body by hand
+anyway. So ``POST .../infer`` and ``POST .../versions/<v>/infer`` are answered here, before
+FastAPI sees them; every other route (metadata, ready, docs) goes on to the FastAPI app, which
+also declares the infer routes, for the OpenAPI document. Errors are rendered as the FastAPI
+app renders them (serve_apps.http.error_response): the same status, body and headers.
+"""
+
+import logging
+from typing import Awaitable, Callable
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from maas.errors import MaasError
+from serve_apps import REPLICA_LOG
+
+log = logging.getLogger(REPLICA_LOG)
+INFER, VERSIONS = "/infer", "/versions/"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+Answer = Callable[[Request, "str | None"], Awaitable[bytes]]
+
+
+def infer_target(route: str) -> tuple[bool, str | None]:
+    """Whether ``route`` (the path below the app's prefix) is an infer route, and the version
+    it names (None: the production alias, or the canary's share)."""
+    if route == INFER:
+        return True, None
+    if route.startswith(VERSIONS) and route.endswith(INFER):
+        version = route[len(VERSIONS):-len(INFER)]
+        if version and "/" not in version:
+            return True, version
+    return False, None
+
+
+class InferFront:
+    """ASGI app: infer requests to ``answer`` (the JSON body of a 200, or a MaasError),
+    everything else to ``app``."""
+
+    def __init__(self, answer: Answer, app: ASGIApp):
+        self.answer, self.app = answer, app
+
+    def add_exception_handler(self, exc_class: type, handler: Callable) -> None:
+        # Serve registers its back-pressure errors on an app that has this (FastAPI's).
+        self.app.add_exception_handler(exc_class, handler)  # type: ignore[attr-defined]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            is_infer, version = infer_target(scope["path"][len(scope.get("root_path", "")):])
+            if is_infer:
+                await self._infer(scope, receive, send, version)
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send,
+                     version: str | None) -> None:
+        headers = JSON_HEADERS
+        try:
+            body, status = await self.answer(Request(scope, receive), version), 200
+        except ClientDisconnect:  # gone before its body arrived: nobody to answer
+            return
+        except MaasError as exc:
+            body, status = orjson.dumps({"error": exc.message}), exc.status
+            if exc.headers:
+                headers = headers + [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                     for k, v in exc.headers.items()]
+        except Exception:  # a bug, not the client's fault: logged, and a 500 that says so
+            log.exception("infer request failed")
+            body, status = b'{"error":"internal error: see the replica log"}', 500
+        await send({"type": "http.response.start", "status": status,
+                    "headers": headers + [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,209 @@
+"""The serving hot path without Ray: the micro-batcher, the infer front, its JSON codec and the
+middleware that spares infer requests Serve's disconnect watch."""
+
+import asyncio
+import json
+import threading
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from maas.errors import MaasError
+from maas.oip import (InferenceRequest, InferenceResponse, encode_output, parse_request,
+                      response_json)
+from serve_apps.batching import MicroBatcher, run_batch
+from serve_apps.infer_route import InferFront, infer_target
+from serve_apps.ingress import DISCONNECT_OFF, QuickInfer
+
+pytestmark = pytest.mark.unit
+
+
+class Doubler:
+    """A model that doubles its input, counting its calls and the threads they ran on."""
+
+    def __init__(self, fail_on: float | None = None):
+        self.calls: list[int] = []
+        self.threads: set[str] = set()
+        self.fail_on = fail_on
+
+    def run(self, wanted: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        x = feeds["x"]
+        self.calls.append(len(x))
+        self.threads.add(threading.current_thread().name)
+        if self.fail_on is not None and (x == self.fail_on).any():
+            raise RuntimeError("bad row")
+        return [x * 2]
+
+
+def _item(model, *rows: float):
+    return (model, ("y",), {"x": np.array([[r] for r in rows], dtype=np.float32)})
+
+
+def test_requests_queued_together_run_as_one_call_and_get_their_own_rows():
+    model, sizes = Doubler(), []
+
+    async def main():
+        batcher = MicroBatcher(16, 0.0, 0.0, sizes.append)  # 0: always on the batch thread
+        answers = await asyncio.gather(*(batcher.run(_item(model, i, i + 0.5))
+                                         for i in range(5)))
+        batcher.close()
+        return answers
+
+    answers = asyncio.run(main())
+    assert model.calls == [10] and sizes == [5]
+    for i, (y,) in enumerate(answers):
+        np.testing.assert_array_equal(y, [[2 * i], [2 * i + 1]])
+    assert all(name.startswith("maas-batch") for name in model.threads)
+
+
+def test_a_batch_holds_at_most_max_batch_size_requests():
+    model, sizes = Doubler(), []
+
+    async def main():
+        batcher = MicroBatcher(2, 0.0, 0.0, sizes.append)
+        await asyncio.gather(*(batcher.run(_item(model, i)) for i in range(5)))
+        batcher.close()
+
+    asyncio.run(main())
+    assert sizes == [2, 2, 1] and model.calls == [2, 2, 1]
+
+
+def test_a_cheap_model_runs_on_the_event_loop_once_measured():
+    model = Doubler()
+
+    async def main():
+        batcher = MicroBatcher(16, 0.0, 1.0, lambda size: None)  # anything under 1 s: inline
+        assert not batcher.inline  # not measured yet: the first batch goes to the thread
+        await batcher.run(_item(model, 1))
+        assert batcher.inline
+        await batcher.run(_item(model, 2))
+        batcher.close()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert len(model.threads) == 2 and loop_thread in model.threads
+    assert any(name.startswith("maas-batch") for name in model.threads)
+
+
+def test_a_failing_group_fails_only_its_own_requests():
+    good, bad = Doubler(), Doubler(fail_on=7.0)
+    results = run_batch([_item(good, 1), _item(bad, 7), _item(good, 2)])
+    np.testing.assert_array_equal(results[0][0], [[2]])
+    assert isinstance(results[1], RuntimeError)
+    np.testing.assert_array_equal(results[2][0], [[4]])
+
+
+def test_outputs_that_are_not_per_row_run_request_by_request():
+    class Summer(Doubler):
+        def run(self, wanted, feeds):
+            self.calls.append(len(feeds["x"]))
+            return [feeds["x"].sum(keepdims=True).reshape(())]
+
+    model = Summer()
+    results = run_batch([_item(model, 1, 2), _item(model, 3)])
+    assert [float(r[0]) for r in results] == [3.0, 3.0] and model.calls == [3, 2, 1]
+
+
+@pytest.mark.parametrize("route, expected", [
+    ("/infer", (True, None)), ("/versions/3/infer", (True, "3")),
+    ("/versions/x/infer", (True, "x")),  # a bad number is the version lookup's 404
+    ("/versions//infer", (False, None)), ("/versions/1/2/infer", (False, None)),
+    ("/", (False, None)), ("/ready", (False, None)), ("/inferx", (False, None)),
+])
+def test_infer_routes_are_recognised(route, expected):
+    assert infer_target(route) == expected
+
+
+def test_the_json_answer_reads_back_like_the_pydantic_one():
+    probs = np.array([[0.1, 0.2], [1e-8, 3.0]], dtype=np.float32)
+    labels = np.array([1, 0], dtype=np.int64)
+    fast = json.loads(response_json("m", "2", "req-1", [("p", probs), ("label", labels)]))
+    slow = json.loads(InferenceResponse(model_name="m", model_version="2", id="req-1", outputs=[
+        encode_output("p", probs), encode_output("label", labels)]).model_dump_json())
+    assert fast.keys() == slow.keys() and fast["outputs"][1] == slow["outputs"][1]
+    for a, b in zip(fast["outputs"][0]["data"], slow["outputs"][0]["data"]):
+        assert np.float32(a) == np.float32(b)  # shortest form, the same float32
+    with pytest.raises(TypeError, match="OIP JSON cannot carry"):
+        response_json("m", "1", None, [("x", np.array(["a"], dtype=object))])
+
+
+def test_requests_parse_the_same_on_both_parsers_and_bad_json_is_named():
+    raw = b'{"id": "a", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", ' \
+          b'"data": [1.5, 2]}]}'
+    assert parse_request(raw, None) == InferenceRequest.model_validate_json(raw)
+    with pytest.raises(ValidationError) as info:
+        parse_request(b'{"inputs": [', None)
+    assert info.value.errors()[0]["type"] == "json_invalid"
+
+
+def _scope(method: str, path: str, root: str = "/v2/models/m") -> dict:
+    return {"type": "http", "method": method, "path": root + path, "root_path": root,
+            "headers": [(b"content-type", b"application/json")], "query_string": b""}
+
+
+def _call(app, scope) -> list[dict]:
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_the_front_answers_infer_and_passes_the_rest_on():
+    seen = []
+
+    async def answer(request, version):
+        seen.append(version)
+        if version == "9":
+            raise MaasError("version 9: not found", status=404, headers={"X-Why": "gone"})
+        return b'{"ok":true}'
+
+    async def fallback(scope, receive, send):
+        seen.append(scope["path"])
+
+    front = InferFront(answer, fallback)
+    ok = _call(front, _scope("POST", "/infer"))
+    assert ok[0]["status"] == 200 and ok[1]["body"] == b'{"ok":true}'
+    assert (b"content-length", b"11") in ok[0]["headers"]
+    missing = _call(front, _scope("POST", "/versions/9/infer"))
+    assert missing[0]["status"] == 404 and (b"x-why", b"gone") in missing[0]["headers"]
+    assert json.loads(missing[1]["body"]) == {"error": "version 9: not found"}
+    _call(front, _scope("GET", "/infer"))
+    assert seen == [None, "9", "/v2/models/m/infer"]
+
+
+def test_only_infer_posts_skip_the_disconnect_watch():
+    headers = []
+
+    async def app(scope, receive, send):
+        headers.append(DISCONNECT_OFF in scope["headers"])
+
+    middleware = QuickInfer(app)
+    for method, path in (("POST", "/infer"), ("POST", "/generate_stream"), ("GET", "/infer")):
+        _call(middleware, _scope(method, path))
+    assert headers == [True, False, False]
+
+
+def test_the_cluster_environment_and_the_manifests_install_the_middleware():
+    import importlib
+    from pathlib import Path
+
+    from maas.cluster import serve_env
+    from maas.config import ClusterConfig
+
+    env = serve_env(ClusterConfig(haproxy_threads=2))
+    module, _, name = env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
+    (middleware,) = getattr(importlib.import_module(module), name)()
+    assert middleware.cls is QuickInfer and env["RAY_SERVE_HAPROXY_NBTHREAD"] == "2"
+    cluster = Path(__file__).resolve().parents[2] / "cluster"
+    for manifest in ("raycluster.yaml", "rayservice.yaml", "cluster.yaml"):
+        text = (cluster / manifest).read_text()
+        for variable in ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH",
+                         "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD"):
+            assert variable in text, f"cluster/{manifest} does not set {variable}"
