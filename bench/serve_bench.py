@@ -191,8 +191,8 @@ def _shipped(state: Path, port: int):
 
 def _floor(port: int, body: Path, seconds: float) -> tuple[list[dict], dict]:
     """Ray Serve's own floor on the running cluster: a replica whose ASGI app reads the body
-    and answers ``{}``, deployed as maas deploys a model (HAProxy, access log off), at 1 and
-    32 clients of the 1-row body; and that replica's memory."""
+    and answers ``{}``, behind the same HAProxy and middleware, access log off (Serve's
+    defaults otherwise), at 1 and 32 clients of the 1-row body; and that replica's memory."""
     import psutil
     from ray import serve
 
@@ -339,7 +339,9 @@ def _report(rows: list[dict], memory: dict[str, dict], seconds: float) -> list[s
                 f"{r['req_per_s']:,.0f} ({r['p50_ms']:.2f} / {r['p99_ms']:.1f})"
                 + (f", {r['errors']} errors" if r["errors"] else "")
                 for r in (get(s, n, c) for s in SERVERS)) + " |")
-    lines += ["", "| process | resident now (MiB) | peak | proportional (PSS) | unique (USS) |",
+    lines += ["", "Memory per process (a server's largest; maas: its model replica, without "
+                  "HAProxy and Ray's own processes):", "",
+              "| process | resident now (MiB) | peak | proportional (PSS) | unique (USS) |",
               "|---|---|---|---|---|"]
     for name, label in [(s, LABELS[s]) for s in SERVERS] + [("floor", FLOOR)]:
         m = memory["maas"]["floor"] if name == "floor" else memory[name]

@@ -251,11 +251,17 @@ def _decode_text(tensor: RequestInput, field: str) -> np.ndarray:
     return array.reshape(tensor.shape)
 
 
-def encode_output(name: str, array: np.ndarray) -> ResponseOutput:
-    """A numpy array as an OIP JSON tensor with flat, row-major data."""
+def datatype_of(name: str, array: np.ndarray) -> str:
+    """The OIP datatype of output ``name``; TypeError when JSON cannot carry its dtype."""
     datatype = _NUMPY_TO_DATATYPE.get(array.dtype)
     if datatype is None:
         raise TypeError(f"output {name!r} has dtype {array.dtype}, which OIP JSON cannot carry")
+    return datatype
+
+
+def encode_output(name: str, array: np.ndarray) -> ResponseOutput:
+    """A numpy array as an OIP JSON tensor with flat, row-major data."""
+    datatype = datatype_of(name, array)
     return ResponseOutput(name=name, shape=list(array.shape), datatype=datatype,
                           data=array.reshape(-1).tolist())
 
@@ -267,11 +273,8 @@ def response_json(model_name: str, version: str, request_id: str | None,
     in their shortest form that reads back as the same float32."""
     tensors = []
     for name, array in outputs:
-        datatype = _NUMPY_TO_DATATYPE.get(array.dtype)
-        if datatype is None:
-            raise TypeError(f"output {name!r} has dtype {array.dtype}, which OIP JSON cannot "
-                            f"carry")
-        tensors.append({"name": name, "shape": list(array.shape), "datatype": datatype,
+        tensors.append({"name": name, "shape": list(array.shape),
+                        "datatype": datatype_of(name, array),
                         "parameters": None, "data": np.ascontiguousarray(array).reshape(-1)})
     return orjson.dumps({"model_name": model_name, "model_version": version, "id": request_id,
                          "parameters": None, "outputs": tensors},

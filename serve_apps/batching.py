@@ -6,10 +6,10 @@ requests for the same version, outputs and row shape are concatenated into one c
 gets its own rows back. An output that is not one row per input row cannot be split, so its
 group runs one request at a time.
 
-Where a batch runs is measured, not guessed: a model whose batches take less than
-``inline_below_s`` (the digits MLP: ~15 µs for 64 rows) runs on the event loop, because the
-hop to a thread and back costs more than the call (measured in bench/RESULTS.md); a slower
-one (a text embedder) runs on the replica's one batch thread, so the loop keeps reading
+Where a batch runs is measured, not guessed: batches that take less than ``inline_below_s``
+(the digits MLP: ~15 µs for 64 rows) run on the event loop, because the hop to a thread and
+back costs more than the call (measured in bench/RESULTS.md); slower ones (a text embedder,
+a burst of large requests) run on the replica's one batch thread, so the loop keeps reading
 requests while ONNX Runtime works.
 """
 
@@ -23,7 +23,6 @@ import numpy as np
 
 Feeds = dict[str, np.ndarray]
 Outputs = list[np.ndarray]
-EWMA = 0.2  # weight of the newest batch in the running cost estimate
 
 
 class Runnable(Protocol):
@@ -70,7 +69,14 @@ def run_batch(items: list[Item]) -> list[Outputs | BaseException]:
 
 class MicroBatcher:
     """One replica's queue of infer calls, run ``max_batch_size`` at a time at most, one
-    batch after another. ``wait_s`` > 0 holds a batch open that long for more requests."""
+    batch after another. ``wait_s`` > 0 holds a batch open that long for more requests (a
+    full batch goes at once).
+
+    Which batches run on the event loop is learnt from the batches measured so far, by their
+    row count: a batch no larger than the largest measured under ``inline_below_s`` (and
+    smaller than the smallest measured over it) runs inline; any other runs on the batch
+    thread, and is measured there. So a burst of large requests after many small ones goes to
+    the thread instead of stalling the loop."""
 
     def __init__(self, max_batch_size: int, wait_s: float, inline_below_s: float,
                  observe: Callable[[int], None]):
@@ -79,13 +85,14 @@ class MicroBatcher:
         self._observe = observe  # batch size, for the replica's histogram
         self._queue: deque[tuple[Item, asyncio.Future]] = deque()
         self._busy = False  # a batch is scheduled or running
-        self._cost_s: float | None = None  # running estimate of one batch's compute
+        self._timer: asyncio.TimerHandle | None = None  # wait_s > 0: the open batch's deadline
+        self._fast_rows = 0  # the largest batch (rows) measured under inline_below_s
+        self._slow_rows: float = float("inf")  # the smallest measured over it
         self._pool: ThreadPoolExecutor | None = None
 
-    @property
-    def inline(self) -> bool:
-        """Batches run on the event loop: they are measured, and cheaper than a thread hop."""
-        return self._cost_s is not None and self._cost_s < self.inline_below_s
+    def inline(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` runs on the event loop (see the class docstring)."""
+        return rows <= self._fast_rows and rows < self._slow_rows
 
     async def run(self, item: Item) -> Outputs:
         """``item``'s outputs, computed in the next batch."""
@@ -95,36 +102,50 @@ class MicroBatcher:
         if not self._busy:
             self._busy = True
             if self.wait_s > 0:
-                loop.call_later(self.wait_s, self._next, loop)
+                self._timer = loop.call_later(self.wait_s, self._next, loop)
             else:  # after the requests already runnable in this turn have queued too
                 loop.call_soon(self._next, loop)
+        elif self._timer is not None and len(self._queue) >= self.max_batch_size:
+            self._timer.cancel()  # full: no reason to wait longer
+            self._timer = None
+            loop.call_soon(self._next, loop)
         return await future
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
         batch = []
         while self._queue and len(batch) < self.max_batch_size:
             entry = self._queue.popleft()
-            if not entry[1].done():  # a request whose client went away is skipped
+            if not entry[1].done():  # cancelled meanwhile (a handle call, a timeout)
                 batch.append(entry)
         if not batch:
             self._busy = False
             return
-        self._observe(len(batch))
-        items = [item for item, _ in batch]
-        if self.inline:
-            self._finish(loop, batch, self._timed(items))
-        else:
+        try:
+            self._observe(len(batch))
+            items = [item for item, _ in batch]
+            rows = sum(_rows(item) for item in items)
+            if self.inline(rows):
+                self._finish(loop, batch, self._timed(items, rows))
+                return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="maas-batch")
-            done = loop.run_in_executor(self._pool, self._timed, items)
-            done.add_done_callback(lambda f: self._finish(
-                loop, batch, [f.exception()] * len(batch) if f.exception() else f.result()))
+            done = loop.run_in_executor(self._pool, self._timed, items, rows)
+        except Exception as exc:  # never leave a request waiting, nor the queue stuck
+            self._finish(loop, batch, [exc] * len(batch))
+            return
+        done.add_done_callback(lambda f: self._finish(loop, batch, _outcome(f, len(batch))))
 
-    def _timed(self, items: list[Item]) -> list[Outputs | BaseException]:
+    def _timed(self, items: list[Item], rows: int) -> list[Outputs | BaseException]:
         started = time.perf_counter()
         results = run_batch(items)
-        cost = time.perf_counter() - started
-        self._cost_s = cost if self._cost_s is None else (1 - EWMA) * self._cost_s + EWMA * cost
+        if time.perf_counter() - started < self.inline_below_s:
+            self._fast_rows = max(self._fast_rows, rows)
+            # A slow measurement this contradicts (a cold first call, a pause) no longer holds.
+            self._slow_rows = max(self._slow_rows, rows + 1)
+        else:
+            self._slow_rows = min(self._slow_rows, rows)
+            self._fast_rows = min(self._fast_rows, rows - 1)
         return results
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list, results: list) -> None:
@@ -143,3 +164,16 @@ class MicroBatcher:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+
+def _rows(item: Item) -> int:
+    first = next(iter(item[2].values()), None)
+    return len(first) if first is not None and first.ndim else 1
+
+
+def _outcome(done: asyncio.Future, size: int) -> list:
+    """A threaded batch's results, or its failure for each of its ``size`` requests."""
+    if done.cancelled():
+        return [asyncio.CancelledError()] * size
+    error = done.exception()
+    return [error] * size if error is not None else done.result()

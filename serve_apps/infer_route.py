@@ -43,6 +43,16 @@ class InferFront:
     def __init__(self, answer: Answer, app: ASGIApp):
         self.answer, self.app = answer, app
 
+    # The FastAPI app's routes and router: Serve matches each request against them to tag
+    # its own metrics by route, as it did when the FastAPI app was the replica's app.
+    @property
+    def routes(self) -> list:
+        return self.app.routes  # type: ignore[attr-defined]
+
+    @property
+    def router(self) -> object:
+        return self.app.router  # type: ignore[attr-defined]
+
     def add_exception_handler(self, exc_class: type, handler: Callable) -> None:
         # Serve registers its back-pressure errors on an app that has this (FastAPI's).
         self.app.add_exception_handler(exc_class, handler)  # type: ignore[attr-defined]

@@ -39,7 +39,8 @@ from maas.access import Refusal
 from maas.app_args import InferenceArgs
 from maas.errors import MaasError
 from maas.oip import (BINARY_HEADER, ErrorBody, InferenceRequest, InferenceResponse, InferError,
-                      ModelMetadata, encode_output, parse_request, response_json)
+                      ModelMetadata, datatype_of, encode_output, parse_request,
+                      response_json)
 from maas.routes import model_app_name
 from serve_apps import REPLICA_LOG
 from serve_apps.batching import MicroBatcher
@@ -227,8 +228,10 @@ class ModelServer:
             raise InferError(400, f"outputs: unknown output(s) {unknown}; "
                                   f"this model has {loaded.output_names}")
         results = await self.batcher.run((loaded, tuple(wanted), feeds))
-        return Answer(loaded, request.id,
-                      [(name, np.asarray(r)) for name, r in zip(wanted, results)])
+        outputs = [(name, np.asarray(r)) for name, r in zip(wanted, results)]
+        for name, array in outputs:  # before the request is counted as answered
+            datatype_of(name, array)
+        return Answer(loaded, request.id, outputs)
 
     def __del__(self) -> None:
         versions = getattr(self, "versions", None)

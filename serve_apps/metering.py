@@ -76,7 +76,6 @@ class SummedHistogram:
         self._count = metrics.Gauge(f"{name}_count", description=f"{description}: count",
                                     tag_keys=tag_keys)
         self._counts: dict[tuple[str, ...], list[float]] = {}  # per bucket, then the sum
-        self._changed: set[tuple[str, ...]] = set()
 
     def observe(self, value: float, *tags: str) -> None:
         """One observation, tagged with ``tags`` in the order of ``tag_keys``."""
@@ -85,11 +84,11 @@ class SummedHistogram:
             counts = self._counts[tags] = [0.0] * (len(self._les) + 1)
         counts[bisect_left(self.boundaries, value)] += 1
         counts[-1] += value
-        self._changed.add(tags)
 
     def flush(self) -> None:
-        changed, self._changed = self._changed, set()
-        for tags in changed:
+        # Every series, changed or not: Ray's agent drops a gauge that is not set again
+        # within a few export intervals, and an idle version's histogram must stay (at 0 rate).
+        for tags in list(self._counts):
             counts, named = self._counts[tags], dict(zip(self.tag_keys, tags))
             total = 0.0
             for le, count in zip(self._les, counts):
@@ -152,9 +151,8 @@ class ReplicaMetrics:
         :meth:`record`, so the two never race."""
         while True:
             await asyncio.sleep(self.FLUSH_S)
-            if time.monotonic() - self._flushed >= self.FLUSH_S and (self._pending or
-                                                                     self._pending_tokens):
-                self.flush()
+            if time.monotonic() - self._flushed >= self.FLUSH_S:
+                self.flush()  # also when idle: the histograms' gauges must be set again
 
     def flush(self) -> None:
         self.latency.flush()

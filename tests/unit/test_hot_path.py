@@ -4,6 +4,7 @@ middleware that spares infer requests Serve's disconnect watch."""
 import asyncio
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -69,14 +70,28 @@ def test_a_batch_holds_at_most_max_batch_size_requests():
     assert sizes == [2, 2, 1] and model.calls == [2, 2, 1]
 
 
+def test_a_full_batch_does_not_wait_out_wait_ms():
+    model = Doubler()
+
+    async def main():
+        batcher = MicroBatcher(2, 30.0, 0.0, lambda size: None)  # would hold a batch 30 s
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(batcher.run(_item(model, 1)),
+                                              batcher.run(_item(model, 2))), timeout=5)
+        batcher.close()
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 5 and model.calls == [2]
+
+
 def test_a_cheap_model_runs_on_the_event_loop_once_measured():
     model = Doubler()
 
     async def main():
         batcher = MicroBatcher(16, 0.0, 1.0, lambda size: None)  # anything under 1 s: inline
-        assert not batcher.inline  # not measured yet: the first batch goes to the thread
+        assert not batcher.inline(1)  # not measured yet: the first batch goes to the thread
         await batcher.run(_item(model, 1))
-        assert batcher.inline
+        assert batcher.inline(1) and not batcher.inline(2)  # 2 rows were never measured
         await batcher.run(_item(model, 2))
         batcher.close()
         return threading.current_thread().name
@@ -84,6 +99,18 @@ def test_a_cheap_model_runs_on_the_event_loop_once_measured():
     loop_thread = asyncio.run(main())
     assert len(model.threads) == 2 and loop_thread in model.threads
     assert any(name.startswith("maas-batch") for name in model.threads)
+
+
+def test_batches_that_measured_slow_go_to_the_thread_until_measured_fast_again():
+    batcher = MicroBatcher(16, 0.0, 0.05, lambda size: None)
+    slow, fast = Doubler(), Doubler()
+    slow.run = lambda wanted, feeds: (time.sleep(0.06), [feeds["x"]])[1]
+    batcher._timed([_item(fast, *range(8))], 8)
+    assert batcher.inline(8) and batcher.inline(3)
+    batcher._timed([_item(slow, *range(4))], 4)  # 4 rows took longer than 0.05 s
+    assert not batcher.inline(4) and not batcher.inline(8) and batcher.inline(3)
+    batcher._timed([_item(fast, *range(6))], 6)  # measured fast again: 6 rows are cheap
+    assert batcher.inline(6) and batcher.inline(4)
 
 
 def test_a_failing_group_fails_only_its_own_requests():
