@@ -240,9 +240,15 @@ def test_a_full_replica_refuses_at_once_with_503_and_retry_after(served, deploy_
             sock.sendall(b"POST /v2/models/bounded/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
             held.append(sock)
+        # Until the replica and its queue are full. A probe may get there before the second
+        # held request (then that one is refused, and the probe waits in the queue): probes
+        # give up after 2 s and the next one finds the queue full.
         deadline, reply = time.monotonic() + 30, None
-        while time.monotonic() < deadline:  # until both held requests have reached Serve
-            reply = requests.post(url, json=body, timeout=30)
+        while time.monotonic() < deadline:
+            try:
+                reply = requests.post(url, json=body, timeout=2)
+            except requests.Timeout:
+                continue
             if reply.status_code == 503:
                 break
             time.sleep(0.2)
