@@ -11,12 +11,12 @@ app renders them (serve_apps.http.error_response): the same status, body and hea
 import logging
 from typing import Awaitable, Callable
 
-import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas.errors import MaasError
 from serve_apps import REPLICA_LOG
+from serve_apps.http import error_response
 
 log = logging.getLogger(REPLICA_LOG)
 INFER, VERSIONS = "/infer", "/versions/"
@@ -67,19 +67,16 @@ class InferFront:
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send,
                      version: str | None) -> None:
-        headers = JSON_HEADERS
         try:
             body, status = await self.answer(Request(scope, receive), version), 200
         except ClientDisconnect:  # gone before its body arrived: nobody to answer
             return
-        except MaasError as exc:
-            body, status = orjson.dumps({"error": exc.message}), exc.status
-            if exc.headers:
-                headers = headers + [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                     for k, v in exc.headers.items()]
+        except MaasError as exc:  # rendered as the FastAPI app renders it
+            await error_response(exc)(scope, receive, send)
+            return
         except Exception:  # a bug, not the client's fault: logged, and a 500 that says so
             log.exception("infer request failed")
             body, status = b'{"error":"internal error: see the replica log"}', 500
         await send({"type": "http.response.start", "status": status,
-                    "headers": headers + [(b"content-length", str(len(body)).encode())]})
+                    "headers": JSON_HEADERS + [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
