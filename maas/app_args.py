@@ -18,7 +18,7 @@ import maas
 from maas.catalog import CatalogEntry, entries
 from maas.config import (ENV_NAME_PATTERN, AgreementConfig, DeployConfig, ModelConfig,
                          ServeConfig, access_store_uri, expand_state_dir, sqlite_uri)
-from maas.registry import Registry
+from maas.registry.reader import RegistryView, registry_view
 
 
 class Args(BaseModel):
@@ -53,9 +53,10 @@ class ReplicaArgs(Args):
                          description="environment variable with the key of encrypted models")
     access: AccessArgs | None = Field(None, description="null: no keys needed (access off)")
 
-    def registry(self) -> Registry:
-        return Registry(self.registry_uri or sqlite_uri(expand_state_dir(self.state_dir)),
-                        key_env=self.key_env)
+    def registry(self) -> RegistryView:
+        """What a replica reads versions with (no MLflow client for a database registry)."""
+        return registry_view(self.registry_uri or sqlite_uri(expand_state_dir(self.state_dir)),
+                             self.key_env)
 
     def digest(self) -> str:
         """These settings and this maas release, hashed: what a deploy compares to decide

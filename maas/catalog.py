@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from maas.access import AccessStore, UsageRow
 from maas.config import AgreementConfig, CatalogConfig, DeployConfig
 from maas.oip import TensorSpec
-from maas.registry import PRODUCTION, Registry, RegistryError
+from maas.registry import PRODUCTION, RegistryError, RegistryView
 from maas.llm.files import KIND as LLM_KIND
 from maas.routes import chat_route, embeddings_route, infer_route, model_route
 from maas.text import KIND as TEXT_KIND
@@ -95,7 +95,7 @@ def entries(cfg: DeployConfig) -> list[CatalogEntry]:
     return [CatalogEntry(name=m.name, **m.catalog.model_dump()) for m in cfg.models]
 
 
-def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | None) -> ModelCard:
+def model_card(entry: CatalogEntry, registry: RegistryView, store: AccessStore | None) -> ModelCard:
     """``entry``'s card; a model not registered yet, or with no production version, has an
     empty signature."""
     try:
@@ -129,7 +129,7 @@ def model_card(entry: CatalogEntry, registry: Registry, store: AccessStore | Non
         price=price(entry))
 
 
-def catalog(all_entries: list[CatalogEntry], registry: Registry, store: AccessStore | None,
+def catalog(all_entries: list[CatalogEntry], registry: RegistryView, store: AccessStore | None,
             visible: Callable[[str], bool] = lambda name: True) -> list[ModelCard]:
     """Cards of the models ``visible`` lets through, in deploy.yaml's order."""
     return [model_card(entry, registry, store) for entry in all_entries if visible(entry.name)]

@@ -220,7 +220,8 @@ class Embeddings(file_routes(), job_routes()):
         return Response(answer.model_dump_json(), media_type="application/json")
 
     async def _body(self, request: Request, kind: type):
-        raw = await read_json_body(request, self.args.max_body_bytes, self.args.body_timeout_s)
+        raw = await read_json_body(request.headers, request.receive, self.args.max_body_bytes,
+                                   self.args.body_timeout_s)
         try:
             return kind.model_validate_json(raw)
         except ValidationError as exc:

@@ -71,8 +71,9 @@ def file_routes() -> type:
         @api.post("/files", response_model=FileObject, responses=ERRORS, openapi_extra=UPLOAD_BODY)
         async def upload_file(self, request: Request) -> FileObject:
             record, tuning = await _caller(self, request)
-            body = await read_capped(request, tuning.upload_limit, self.args.body_timeout_s,
-                                     "fine_tuning.max_file_bytes", "split the file")
+            body = await read_capped(request.headers, request.receive, tuning.upload_limit,
+                                     self.args.body_timeout_s, "fine_tuning.max_file_bytes",
+                                     "split the file")
             purpose, name, content = await parse_upload(body, request.headers.get("content-type"))
             return FileObject.of(await tuning.save(_tenant(record), purpose, name, content))
 

@@ -7,7 +7,7 @@ or in the app's own shape (OpenAI's, for ``/v1``).
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas.errors import MaasError, field_path
@@ -41,29 +42,32 @@ def validation_error(errors: list[dict]) -> InferError:
     return InferError(400, "; ".join(problems), param=param)
 
 
-async def read_json_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_json_body(headers: Mapping[str, str], receive: Receive, limit: int,
+                         timeout_s: float) -> bytes:
     """The request body, refused before it is all read when it is larger than ``limit``
     (413) or still arriving after ``timeout_s`` (408), and refused unread when it is declared
-    as something other than JSON (415) or streamed without a length (411)."""
-    content_type = request.headers.get("content-type")
+    as something other than JSON (415) or streamed without a length (411). ``headers``:
+    lower-case names (a Starlette request's, or serve_apps.infer_route's plain dict)."""
+    content_type = headers.get("content-type")
     if content_type:
         media = content_type.split(";")[0].strip().lower()
         if media not in ("application/json", "text/plain") and not media.endswith("+json"):
             raise InferError(415, f"content-type: {media!r} is not accepted; send the body as "
                                   f"JSON with Content-Type: application/json")
-    body = await read_capped(request, limit, timeout_s, "serve.max_body_bytes",
+    body = await read_capped(headers, receive, limit, timeout_s, "serve.max_body_bytes",
                              "send fewer rows per request")
     if not body:
         raise InferError(400, "body: empty; send an inference request as JSON")
     return body
 
 
-async def read_capped(request: Request, limit: int, timeout_s: float, setting: str,
-                      fix: str) -> bytes:
+async def read_capped(headers: Mapping[str, str], receive: Receive, limit: int,
+                      timeout_s: float, setting: str, fix: str) -> bytes:
     """The body, at most ``limit`` bytes (413 naming ``setting`` and ``fix`` beyond it, read
-    no further), within ``timeout_s`` (408); 411 for a body streamed without a length."""
-    declared = request.headers.get("content-length")
-    if declared is None and "transfer-encoding" in request.headers:
+    no further), within ``timeout_s`` (408); 411 for a body streamed without a length.
+    Read straight from the ASGI ``receive`` (ClientDisconnect when the client leaves)."""
+    declared = headers.get("content-length")
+    if declared is None and "transfer-encoding" in headers:
         # Serve's proxy and replica buffer a streamed body whatever the handler does (hundreds
         # of MB for one 100 MB upload, measured): only a declared length can be refused unread.
         raise InferError(411, "body: sent without Content-Length (chunked); send the body "
@@ -75,17 +79,23 @@ async def read_capped(request: Request, limit: int, timeout_s: float, setting: s
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:  # a body sent without (or with a false) Content-Length
                     raise InferError(413, f"body: more than the {limit} bytes allowed "
                                           f"({setting}); {fix}")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise InferError(408, f"body: {size} bytes received in {timeout_s:g} s and the rest "
                               f"still missing (serve.body_timeout_s); send the whole body "
                               f"at once") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @dataclass(frozen=True)

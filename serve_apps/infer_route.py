@@ -9,9 +9,9 @@ app renders them (serve_apps.http.error_response): the same status, body and hea
 """
 
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas.errors import MaasError
@@ -21,7 +21,15 @@ from serve_apps.http import error_response
 log = logging.getLogger(REPLICA_LOG)
 INFER, VERSIONS = "/infer", "/versions/"
 JSON_HEADERS = [(b"content-type", b"application/json")]
-Answer = Callable[[Request, "str | None"], Awaitable[bytes]]
+# (the request's headers by lower-case name, its ASGI receive, the version in its path)
+Answer = Callable[[Mapping[str, str], Receive, "str | None"], Awaitable[bytes]]
+
+
+def header_map(scope: Scope) -> dict[str, str]:
+    """A request's headers by (ASGI's lower-case) name; the first of a repeated one, as
+    Starlette's ``Headers.get`` gives it."""
+    return {name.decode("latin-1"): value.decode("latin-1")
+            for name, value in reversed(scope["headers"])}
 
 
 def infer_target(route: str) -> tuple[bool, str | None]:
@@ -42,12 +50,19 @@ class InferFront:
 
     def __init__(self, answer: Answer, app: ASGIApp):
         self.answer, self.app = answer, app
+        self._routes: list | None = None
 
     # The FastAPI app's routes and router: Serve matches each request against them to tag
-    # its own metrics by route, as it did when the FastAPI app was the replica's app.
+    # its own metrics by route, as it did when the FastAPI app was the replica's app. The
+    # infer routes come first: Serve tries the routes in order, and they take nearly every
+    # request (the others' paths never match an infer path, so no tag changes).
     @property
     def routes(self) -> list:
-        return self.app.routes  # type: ignore[attr-defined]
+        if self._routes is None:
+            routes = self.app.routes  # type: ignore[attr-defined]
+            first = [r for r in routes if getattr(r, "path", "").endswith(INFER)]
+            self._routes = first + [r for r in routes if r not in first]
+        return self._routes
 
     @property
     def router(self) -> object:
@@ -68,7 +83,7 @@ class InferFront:
     async def _infer(self, scope: Scope, receive: Receive, send: Send,
                      version: str | None) -> None:
         try:
-            body, status = await self.answer(Request(scope, receive), version), 200
+            body, status = await self.answer(header_map(scope), receive, version), 200
         except ClientDisconnect:  # gone before its body arrived: nobody to answer
             return
         except MaasError as exc:  # rendered as the FastAPI app renders it

@@ -34,6 +34,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
+from starlette.types import Receive
 
 from maas.access import Refusal
 from maas.app_args import InferenceArgs
@@ -47,6 +48,7 @@ from serve_apps.batching import MicroBatcher
 from serve_apps.gate import NOBODY, AccessGate, Admission
 from serve_apps.http import CallFailure, api_body, make_api, read_json_body, validation_error
 from serve_apps.infer_route import InferFront
+from serve_apps.lean import lean_runtime_env, quiet_gc
 from serve_apps.metering import ReplicaMetrics
 from serve_apps.versions import Loaded, Versions
 
@@ -106,6 +108,7 @@ class ModelServer:
         batching = serving.batching
         self.batcher = MicroBatcher(batching.max_batch_size, batching.wait_ms / 1000.0,
                                     batching.inline_below_ms / 1000.0, self._observe_batch)
+        quiet_gc()  # the model is loaded: see serve_apps.lean
 
     def __serve_build_asgi_app__(self) -> InferFront:
         """Serve calls this once __init__ has run: the app that takes this replica's HTTP
@@ -149,17 +152,19 @@ class ModelServer:
     @api.post("/infer", response_model=InferenceResponse, responses=ERRORS,
               openapi_extra=INFER_BODY)
     async def infer(self, request: Request) -> Response:
-        return Response(await self._http_answer(request, None), media_type="application/json")
+        return Response(await self._http_answer(request.headers, request.receive, None),
+                        media_type="application/json")
 
     @api.post("/versions/{version}/infer", response_model=InferenceResponse, responses=ERRORS,
               openapi_extra=INFER_BODY)
     async def infer_version(self, version: str, request: Request) -> Response:
-        return Response(await self._http_answer(request, version),
+        return Response(await self._http_answer(request.headers, request.receive, version),
                         media_type="application/json")
 
-    async def _http_answer(self, request: Request, version: str | None) -> bytes:
-        answer = await self._measured(request.headers, version,
-                                      lambda: self._request_body(request))
+    async def _http_answer(self, headers: Mapping[str, str], receive: Receive,
+                           version: str | None) -> bytes:
+        answer = await self._measured(headers, version,
+                                      lambda: self._request_body(headers, receive))
         return answer.json()
 
     async def call(self, headers: dict[str, str], body: InferenceRequest,
@@ -212,11 +217,13 @@ class ModelServer:
                 self.gate.meter.record(admission.tenant, admission.key_id, self.args.name,
                                        served, status, rows, ms)
 
-    async def _request_body(self, request: Request) -> InferenceRequest:
+    async def _request_body(self, headers: Mapping[str, str], receive: Receive
+                            ) -> InferenceRequest:
         serving = self.args.serve
-        raw = await read_json_body(request, serving.max_body_bytes, serving.body_timeout_s)
+        raw = await read_json_body(headers, receive, serving.max_body_bytes,
+                                   serving.body_timeout_s)
         try:
-            return parse_request(raw, request.headers.get(BINARY_HEADER))
+            return parse_request(raw, headers.get(BINARY_HEADER))
         except ValidationError as exc:
             raise validation_error(exc.errors()) from None
 
@@ -251,7 +258,8 @@ def build_app(args: InferenceArgs) -> Application:
     serving = args.serve
     return ModelServer.options(
         name=model_app_name(args.name),
-        ray_actor_options={"num_cpus": serving.cpus_per_replica},
+        ray_actor_options={"num_cpus": serving.cpus_per_replica,
+                           "runtime_env": lean_runtime_env()},
         # Clients wait for batching, not in Serve's queue, so let a replica take many at
         # once; beyond its queue, a 503 with Retry-After (serve.max_queued_requests).
         max_ongoing_requests=max(serving.max_ongoing_requests, serving.batching.max_batch_size),

@@ -184,7 +184,8 @@ class LLMServer:
 
     async def _generate_body(self, request: Request) -> GenerateRequest:
         serving = self.args.serve
-        raw = await read_json_body(request, serving.max_body_bytes, serving.body_timeout_s)
+        raw = await read_json_body(request.headers, request.receive, serving.max_body_bytes,
+                                   serving.body_timeout_s)
         try:
             return GenerateRequest.model_validate_json(raw)
         except ValidationError as exc:

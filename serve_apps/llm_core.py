@@ -22,7 +22,7 @@ from maas.llm.files import KIND, materialize
 from maas.llm.sampling import SamplingParams
 from maas.llm.sequence import check_fits
 from maas.llm.stream import generate
-from maas.registry import Registry, RegistryError, VersionInfo
+from maas.registry import RegistryError, RegistryView, VersionInfo
 from serve_apps import REPLICA_LOG
 from serve_apps.chat_types import (ChatRequest, Chunk, CompletionRequest, TokenLogprobOut,
                                    TopLogprob)
@@ -50,7 +50,7 @@ class LoadedLLM:
         return self._guidance
 
 
-def load_llm(registry: Registry, name: str, number: int, root: Path, settings: LLMServeConfig,
+def load_llm(registry: RegistryView, name: str, number: int, root: Path, settings: LLMServeConfig,
              threads: int) -> LoadedLLM:
     """Fetch, verify and open ``number`` of ``name`` into an engine (RegistryError if it is
     not a chat LLM)."""

@@ -33,6 +33,7 @@ from maas.routes import (MODEL_APP_PREFIX, OIP_ROOT, OPENAI_APP, SERVER_APP, cha
 from serve_apps import embeddings, inference, llm
 from serve_apps.gate import AccessGate, visible_models
 from serve_apps.http import make_api
+from serve_apps.lean import lean_runtime_env
 from serve_apps.openapi import server_document
 
 CATALOG_CACHE_S = 2.0  # cards take a few registry queries each; clients may poll
@@ -173,4 +174,5 @@ def build_app(args: ServerArgs) -> Application:
     """Serve entry point: ``serve_apps.server:build_app``; Serve validates the config's
     ``args`` into :class:`maas.app_args.ServerArgs`."""
     return Server.options(name=SERVER_APP,
-                          ray_actor_options={"num_cpus": args.num_cpus}).bind(args)
+                          ray_actor_options={"num_cpus": args.num_cpus,
+                                             "runtime_env": lean_runtime_env()}).bind(args)

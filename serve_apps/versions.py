@@ -17,7 +17,7 @@ import numpy as np
 
 from maas import text
 from maas.oip import InferenceRequest, InferError, ModelMetadata, TensorSpec, decode_input
-from maas.registry import (CANARY, MAX_VERSION, PRODUCTION, Registry, RegistryError,
+from maas.registry import (CANARY, MAX_VERSION, PRODUCTION, RegistryError, RegistryView,
                            VersionInfo, VersionNotFound, is_version_number)
 from maas.runtime import ort_session
 from serve_apps import REPLICA_LOG
@@ -65,7 +65,7 @@ class Loaded:
         return [produced[name] for name in wanted]
 
 
-def load(registry: Registry, name: str, version: int, threads: int) -> Loaded:
+def load(registry: RegistryView, name: str, version: int, threads: int) -> Loaded:
     """Fetch, verify and open ``version`` of ``name`` (RegistryError when it cannot be used)."""
     info = registry.get(name, version)
     encoder = None
@@ -85,9 +85,9 @@ class Versions:
     """A replica's loaded versions of model ``name``: the aliases' (or the pinned
     ``version``), swapped in whole, and up to EXPLICIT_VERSIONS_KEPT asked for by number."""
 
-    def __init__(self, registry: Registry, name: str, threads: int, pinned: int | None,
+    def __init__(self, registry: RegistryView, name: str, threads: int, pinned: int | None,
                  poll_s: float, canary_weight: float,
-                 loader: Callable[[Registry, str, int], Any] | None = None,
+                 loader: Callable[[RegistryView, str, int], Any] | None = None,
                  explicit_kept: int = EXPLICIT_VERSIONS_KEPT,
                  release: Callable[[Any], None] | None = None):
         self.registry, self.name, self.threads = registry, name, threads

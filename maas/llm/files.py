@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from maas.oip import TensorSpec
-from maas.registry import MODEL_FILE, Registry, RegistryError, VersionInfo
+from maas.registry import MODEL_FILE, RegistryError, RegistryView, VersionInfo
 
 KIND = "llm"  # the registry's ``kind`` tag of a served language model
 GRAPH_FILE = MODEL_FILE  # "model.onnx": genai_config.json names it as the decoder's file
@@ -96,7 +96,7 @@ def _intact(folder: Path, expected: dict[str, str]) -> bool:
                for name, sha256 in expected.items())
 
 
-def materialize(registry: Registry, info: VersionInfo, root: Path) -> Path:
+def materialize(registry: RegistryView, info: VersionInfo, root: Path) -> Path:
     """A directory holding every file of ``info``, verified: ``root/<name>/<version>-<sha>``.
 
     A folder already there (another replica on this node, a restart) is reused only when

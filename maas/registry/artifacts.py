@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,13 @@ class Artifacts:
         for filename in [MODEL_FILE, *info.assets]:
             self.read(info, filename, decrypt=decrypt)
 
+    def read_asset(self, info: VersionInfo, filename: str) -> bytes:
+        """The verified bytes of the asset ``filename`` registered with ``info``."""
+        if filename not in info.assets:
+            raise RegistryError(f"model {info.name!r} version {info.version} has no asset "
+                                f"{filename!r}; its assets: {sorted(info.assets)}")
+        return self.read(info, filename)
+
     def read(self, info: VersionInfo, filename: str = MODEL_FILE, decrypt: bool = True) -> bytes:
         """The bytes of ``filename`` (the model, or one of its assets), checked against the
         hashes recorded for it at registration; decrypted in memory unless ``decrypt`` is
@@ -124,16 +133,36 @@ class Artifacts:
         return plaintext
 
     def _fetch(self, info: VersionInfo, filename: str) -> bytes:
-        import mlflow.artifacts
-        from mlflow.exceptions import MlflowException
+        location = f"{info.source}/{filename}"
+        local = local_path(location)
+        try:
+            if local is not None:  # the default store: read in place, no copy, no MLflow
+                return local.read_bytes()
+            return _download(location)
+        except OSError as exc:
+            raise IntegrityError(
+                f"model {info.name!r} version {info.version}: its artifact {location} cannot "
+                f"be read ({type(exc).__name__}); promote another version or re-run the "
+                f"pipeline") from None
 
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{info.source}/{filename}", dst_path=tmp)
-            except (MlflowException, OSError) as exc:
-                raise IntegrityError(
-                    f"model {info.name!r} version {info.version}: its artifact "
-                    f"{info.source}/{filename} cannot be read ({type(exc).__name__}); promote "
-                    f"another version or re-run the pipeline") from None
-            return Path(local).read_bytes()
+
+def _download(location: str) -> bytes:
+    """A file from a remote artifact store, through MLflow (its failures as OSError)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp)
+        except MlflowException as exc:
+            raise OSError(str(exc)) from exc
+        return Path(local).read_bytes()
+
+
+def local_path(uri: str) -> Path | None:
+    """The file a ``file:`` URI or plain path names; None for any other scheme."""
+    if uri.startswith("file:"):
+        return Path(url2pathname(urlparse(uri).path))
+    if "://" not in uri and not uri.startswith(("mlflow-artifacts:", "models:", "runs:")):
+        return Path(uri)
+    return None

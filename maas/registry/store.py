@@ -22,8 +22,7 @@ from maas.registry.artifacts import Artifacts
 from maas.registry.versions import (ALIASES, CANARY, HISTORY_TAG, LINEAGE_PREFIX, MAX_VERSION,
                                     METRIC_PREFIX, MODEL_FILE, PRODUCTION, ModelNotFound,
                                     ModelSummary, RegistryError, VersionInfo, VersionNotFound,
-                                    is_version_number, millis_iso, onnx_signature,
-                                    version_info)
+                                    millis_iso, onnx_signature, resolve, version_info)
 
 
 class Registry:
@@ -181,17 +180,11 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         aliases = self._aliases(name)
-        if ref is None or isinstance(ref, str) and not is_version_number(ref):
-            alias = ref or PRODUCTION
-            if alias not in aliases:
-                raise VersionNotFound(
-                    f"model {name!r} has no {alias!r} version (aliases: {aliases or 'none'}); "
-                    f"`maas models promote {name} VERSION --alias {alias}` sets one")
-            ref = aliases[alias]
-        if not 1 <= int(ref) <= MAX_VERSION:
+        number = resolve(name, ref, aliases)
+        if not 1 <= number <= MAX_VERSION:
             raise self._no_version(name, ref)
         try:
-            mv = self.client.get_model_version(name, str(int(ref)))
+            mv = self.client.get_model_version(name, str(number))
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
@@ -239,7 +232,4 @@ class Registry:
 
     def load_asset(self, info: VersionInfo, filename: str) -> bytes:
         """The verified bytes of the asset ``filename`` registered with ``info``."""
-        if filename not in info.assets:
-            raise RegistryError(f"model {info.name!r} version {info.version} has no asset "
-                                f"{filename!r}; its assets: {sorted(info.assets)}")
-        return self.artifacts.read(info, filename)
+        return self.artifacts.read_asset(info, filename)

@@ -107,6 +107,19 @@ def is_version_number(text: str) -> bool:
     return text.isascii() and text.isdecimal()
 
 
+def resolve(name: str, ref: int | str | None, aliases: dict[str, int]) -> int:
+    """The version number ``ref`` names: a number as given, an alias (``None``:
+    ``production``) looked up in ``aliases`` (VersionNotFound when it is not set)."""
+    if ref is None or isinstance(ref, str) and not is_version_number(ref):
+        alias = ref or PRODUCTION
+        if alias not in aliases:
+            raise VersionNotFound(
+                f"model {name!r} has no {alias!r} version (aliases: {aliases or 'none'}); "
+                f"`maas models promote {name} VERSION --alias {alias}` sets one")
+        return aliases[alias]
+    return int(ref)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -115,6 +115,21 @@ def test_concurrent_requests_are_batched_but_answered_row_by_row(served):
         assert labels == expected[i:i + 1 + i % 3].tolist()
 
 
+def test_a_model_replica_loads_no_pandas(served):
+    """serve_apps.lean: Ray Serve's optional pandas import is kept out of model replicas (and
+    with it ~40 MiB each); what the replica does need still answers (the test above)."""
+    import psutil
+
+    replicas = [p for p in psutil.process_iter(["cmdline"])
+                if (p.info["cmdline"] or [""])[0].startswith(
+                    f"ray::ServeReplica:{model_app_name(NAME)}:")]
+    assert replicas
+    for replica in replicas:
+        libraries = {m.path for m in replica.memory_maps()}
+        assert not [path for path in libraries if "/pandas/" in path]
+        assert [path for path in libraries if "/onnxruntime/" in path]
+
+
 def _versions_served(base: str, n: int, x: np.ndarray) -> Counter:
     def ask(_: int) -> str:
         return requests.post(f"{base}/v2/models/{NAME}/infer", json=_body(x),

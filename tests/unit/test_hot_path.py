@@ -3,6 +3,8 @@ middleware that spares infer requests Serve's disconnect watch."""
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -166,7 +168,8 @@ def test_requests_parse_the_same_on_both_parsers_and_bad_json_is_named():
 
 def _scope(method: str, path: str, root: str = "/v2/models/m") -> dict:
     return {"type": "http", "method": method, "path": root + path, "root_path": root,
-            "headers": [(b"content-type", b"application/json")], "query_string": b""}
+            "headers": [(b"content-type", b"application/json"), (b"content-type", b"text/csv")],
+            "query_string": b""}
 
 
 def _call(app, scope) -> list[dict]:
@@ -185,7 +188,8 @@ def _call(app, scope) -> list[dict]:
 def test_the_front_answers_infer_and_passes_the_rest_on():
     seen = []
 
-    async def answer(request, version):
+    async def answer(headers, receive, version):
+        assert headers["content-type"] == "application/json"  # the first of a repeated one
         seen.append(version)
         if version == "9":
             raise MaasError("version 9: not found", status=404, headers={"X-Why": "gone"})
@@ -234,3 +238,52 @@ def test_the_cluster_environment_and_the_manifests_install_the_middleware():
         for variable in ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH",
                          "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD"):
             assert variable in text, f"cluster/{manifest} does not set {variable}"
+
+
+def test_a_lean_replica_keeps_pandas_out_through_rays_own_setup_hook_variable():
+    """serve_apps.lean names Ray's setup-hook variable (an upgrade of Ray that renames it
+    fails here), and its hook leaves Serve without pandas, which Serve treats as absent."""
+    from ray._private import ray_constants
+
+    from serve_apps.lean import WORKER_PROCESS_SETUP_HOOK_ENV, lean_runtime_env
+
+    assert WORKER_PROCESS_SETUP_HOOK_ENV == ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    hook = lean_runtime_env()["env_vars"][WORKER_PROCESS_SETUP_HOOK_ENV]
+    module, function = hook.rsplit(".", 1)
+    code = (f"import sys\nfrom {module} import {function}\n{function}()\n"
+            "import ray.serve._private.utils as serve_utils\n"
+            "print(serve_utils.pd is None, sys.modules['pandas'] is None)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_serve_tags_each_route_as_before_with_the_infer_routes_tried_first():
+    from fastapi import FastAPI
+    from ray.serve._private.thirdparty.get_asgi_route_name import get_asgi_route_name
+
+    app = FastAPI()
+    for method, path in (("get", "/"), ("get", "/versions/{version}"), ("post", "/infer"),
+                         ("post", "/versions/{version}/infer")):
+        getattr(app, method)(path)(lambda: None)
+    front = InferFront(None, app)  # type: ignore[arg-type]
+    assert [r.path for r in front.routes][:2] == ["/infer", "/versions/{version}/infer"]
+    for method, path in (("POST", "/infer"), ("POST", "/versions/3/infer"), ("GET", "/"),
+                         ("GET", "/versions/3")):
+        scope = _scope(method, path, root="")
+        assert get_asgi_route_name(front, scope) == get_asgi_route_name(app, scope)
+
+
+def test_quiet_gc_freezes_what_is_loaded_and_spaces_out_young_collections():
+    import gc
+
+    from serve_apps.lean import GC_YOUNG_THRESHOLD, quiet_gc
+
+    before = gc.get_threshold()
+    try:
+        quiet_gc()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -1,0 +1,137 @@
+"""What a replica reads from the registry, without MLflow in the replica.
+
+A serving replica only reads: the aliases, the version numbers, one version's tags and its
+verified files. Through MLflow's client that costs ~75 MiB of resident memory per replica
+(MLflow's imports and its store's models) for a handful of indexed lookups, so a replica
+whose registry is a database reads MLflow's registry tables with SQLAlchemy core instead (the
+access store already loads SQLAlchemy) and its files by path. Same answers, same errors:
+tests/unit/test_registry_reader.py compares every read with MLflow's own on one registry,
+which is what catches a table MLflow changes when its pinned version moves.
+
+A registry behind an MLflow server (``http(s)://``, ``databricks``) is read through MLflow's
+client (:func:`registry_view`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from types import SimpleNamespace
+from typing import Protocol
+
+from maas.registry.artifacts import Artifacts
+from maas.registry.versions import (MAX_VERSION, ModelNotFound, RegistryError, VersionInfo,
+                                    VersionNotFound, resolve, version_info)
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# MLflow's single-tenant rows (mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME); MLflow's
+# client filters on it in every query, so this reader does too.
+WORKSPACE = "default"
+DELETED = "Deleted_Internal"  # MLflow keeps a deleted version's row with this stage
+
+_ALIASES = ("SELECT alias, version FROM registered_model_aliases "
+            "WHERE name = :name AND workspace = :ws")
+_MODELS = "SELECT name FROM registered_models WHERE workspace = :ws ORDER BY name"
+_NUMBERS = ("SELECT version FROM model_versions WHERE name = :name AND workspace = :ws "
+            "AND current_stage != :deleted")
+_VERSION = ("SELECT name, version, creation_time, description, run_id, source "
+            "FROM model_versions WHERE name = :name AND version = :version "
+            "AND workspace = :ws AND current_stage != :deleted")
+_TAGS = ("SELECT key, value FROM model_version_tags "
+         "WHERE name = :name AND version = :version AND workspace = :ws")
+
+
+class RegistryView(Protocol):
+    """The reads a serving replica makes (:class:`RegistryReader`, or MLflow's
+    :class:`maas.registry.Registry`)."""
+
+    def aliases(self, name: str) -> dict[str, int]: ...
+
+    def version_numbers(self, name: str) -> list[int]: ...
+
+    def get(self, name: str, ref: int | str | None = None) -> VersionInfo: ...
+
+    def load(self, info: VersionInfo) -> bytes: ...
+
+    def load_asset(self, info: VersionInfo, filename: str) -> bytes: ...
+
+
+def is_database(uri: str) -> bool:
+    """Whether ``uri`` is a SQLAlchemy database URL (``postgresql+psycopg://`` included)."""
+    return uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES
+
+
+def registry_view(uri: str, key_env: str) -> RegistryView:
+    """What a replica reads the registry at ``uri`` with: this module's reader for a
+    database, MLflow's client for a tracking server."""
+    if is_database(uri):
+        return RegistryReader(uri, key_env)
+    from maas.registry.store import Registry
+
+    return Registry(uri, key_env=key_env)
+
+
+class RegistryReader:
+    """Read-only access to the MLflow registry in the database at ``uri``."""
+
+    def __init__(self, uri: str, key_env: str = "MAAS_MODEL_KEY"):
+        self.uri = uri
+        self.artifacts = Artifacts(None, key_env, encrypt=False)  # reads only: no client
+
+    @cached_property
+    def _engine(self):
+        import sqlalchemy as sa
+
+        return sa.create_engine(self.uri, pool_pre_ping=not self.uri.startswith("sqlite"))
+
+    def _rows(self, query: str, **params: object) -> list[tuple]:
+        import sqlalchemy as sa
+
+        try:
+            with self._engine.connect() as conn:
+                return [tuple(row) for row in
+                        conn.execute(sa.text(query), {"ws": WORKSPACE, **params})]
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"the registry at {self._safe_uri()} cannot be read "
+                                f"({type(exc).__name__}); is it the MLflow database the "
+                                f"pipeline registered into?") from None
+
+    def _safe_uri(self) -> str:
+        import sqlalchemy as sa
+
+        return sa.engine.make_url(self.uri).render_as_string(hide_password=True)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Alias -> version of ``name`` (ModelNotFound when it is not registered)."""
+        found = {alias: int(version) for alias, version in self._rows(_ALIASES, name=name)}
+        if not found:
+            known = [model for (model,) in self._rows(_MODELS)]
+            if name not in known:
+                raise ModelNotFound(f"no registered model {name!r} in {self._safe_uri()}; "
+                                    f"registered: {known} (run the pipeline to register one)")
+        return found
+
+    def version_numbers(self, name: str) -> list[int]:
+        return sorted(int(v) for (v,) in self._rows(_NUMBERS, name=name, deleted=DELETED))
+
+    def get(self, name: str, ref: int | str | None = None) -> VersionInfo:
+        """A version by number, or by alias (``None``: ``production``)."""
+        aliases = self.aliases(name)
+        number = resolve(name, ref, aliases)
+        rows = (self._rows(_VERSION, name=name, version=number, deleted=DELETED)
+                if 1 <= number <= MAX_VERSION else [])
+        if not rows:
+            raise VersionNotFound(f"model {name!r} has no version {ref}; versions: "
+                                  f"{self.version_numbers(name)}")
+        model, version, created, description, run_id, source = rows[0]
+        tags = dict(self._rows(_TAGS, name=name, version=number))
+        return version_info(SimpleNamespace(
+            name=model, version=version, creation_timestamp=created, description=description,
+            run_id=run_id, source=source, tags=tags), aliases)
+
+    def load(self, info: VersionInfo) -> bytes:
+        """The verified ONNX bytes of ``info``, decrypted in memory when stored encrypted."""
+        return self.artifacts.read(info)
+
+    def load_asset(self, info: VersionInfo, filename: str) -> bytes:
+        """The verified bytes of the asset ``filename`` registered with ``info``."""
+        return self.artifacts.read_asset(info, filename)
