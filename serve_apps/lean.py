@@ -6,8 +6,9 @@ has it for MLflow. In a replica that costs ~40 MiB resident (pandas' modules and
 measured in bench/serve_bench.py). Ray runs a worker's setup hook after the worker connects
 and before it loads the actor, so the hook below makes ``import pandas`` fail for Serve's
 optional import, in the replicas of the apps that ask for it (the classic and text model
-apps, the root app), and nowhere else. ``MALLOC_ARENA_MAX=2`` keeps glibc from giving each of
-a Ray worker's many threads its own heap arena (~10 MiB per replica, measured).
+apps, the root app), and nowhere else (the deploying job's own runtime_env is kept).
+``MALLOC_ARENA_MAX=2`` keeps glibc from giving each of a Ray worker's many threads its own
+heap arena (~10 MiB per replica, measured).
 :func:`quiet_gc` spaces out the garbage collector's young-generation passes in a model
 replica.
 
@@ -20,6 +21,7 @@ mapped libraries.
 
 import gc
 import sys
+from typing import Any
 
 # Allocations between two young-generation collections (CPython's default: 700). A request
 # allocates a few hundred objects, nearly all freed by reference counting before any
@@ -38,16 +40,24 @@ def keep_out_unused_imports() -> None:
 
 
 def quiet_gc() -> None:
-    """Once a replica has loaded its model: what is loaded is frozen (no collection walks it
-    again) and the young generation is collected every GC_YOUNG_THRESHOLD allocations."""
-    gc.freeze()
+    """Collect the young generation every GC_YOUNG_THRESHOLD allocations. (No ``gc.freeze``
+    here: a version swapped out by a promotion must stay collectable; Serve already froze
+    what its startup made.)"""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def lean_runtime_env() -> dict[str, dict[str, str]]:
-    """The ``runtime_env`` of a lean replica, for ``ray_actor_options`` (Serve merges it into
-    the app's, whose other environment variables stay)."""
-    return {"env_vars": {
-        WORKER_PROCESS_SETUP_HOOK_ENV: f"{__name__}.{keep_out_unused_imports.__name__}",
-        "MALLOC_ARENA_MAX": "2"}}
+def lean_runtime_env() -> dict[str, Any]:
+    """The ``runtime_env`` of a lean replica, for ``ray_actor_options``. Serve gives a
+    deployment that sets its own runtime_env only the deploying job's ``working_dir``, so this
+    starts from the job's (or the config app's) whole runtime_env, as Serve would have, and
+    adds to its environment variables. A setup hook the job already has stays (Ray takes one
+    per worker): that replica then keeps pandas."""
+    import ray
+
+    inherited = dict(ray.get_runtime_context().runtime_env) if ray.is_initialized() else {}
+    env_vars = dict(inherited.get("env_vars") or {})
+    env_vars.setdefault(WORKER_PROCESS_SETUP_HOOK_ENV,
+                        f"{__name__}.{keep_out_unused_imports.__name__}")
+    env_vars.setdefault("MALLOC_ARENA_MAX", "2")
+    return inherited | {"env_vars": env_vars}

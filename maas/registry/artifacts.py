@@ -9,6 +9,7 @@ checks the stored bytes' sha256 before anything is decrypted or parsed, then the
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from urllib.parse import urlparse
@@ -160,9 +161,10 @@ def _download(location: str) -> bytes:
 
 
 def local_path(uri: str) -> Path | None:
-    """The file a ``file:`` URI or plain path names; None for any other scheme."""
+    """The file a ``file:`` URI or plain path names; None for any other scheme (a scheme has
+    two or more characters: ``C:`` is a Windows drive)."""
     if uri.startswith("file:"):
         return Path(url2pathname(urlparse(uri).path))
-    if "://" not in uri and not uri.startswith(("mlflow-artifacts:", "models:", "runs:")):
-        return Path(uri)
-    return None
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", uri):
+        return None
+    return Path(uri)

@@ -8,15 +8,16 @@ access store already loads SQLAlchemy) and its files by path. Same answers, same
 tests/unit/test_registry_reader.py compares every read with MLflow's own on one registry,
 which is what catches a table MLflow changes when its pinned version moves.
 
-A registry behind an MLflow server (``http(s)://``, ``databricks``) is read through MLflow's
-client (:func:`registry_view`).
+A registry behind an MLflow server (``http(s)://``, ``databricks``), or one with MLflow's
+workspaces turned on, is read through MLflow's client (:func:`registry_view`).
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+import os
+from functools import cache, cached_property
 from types import SimpleNamespace
-from typing import Protocol
+from typing import Any, Protocol
 
 from maas.registry.artifacts import Artifacts
 from maas.registry.versions import (MAX_VERSION, ModelNotFound, RegistryError, VersionInfo,
@@ -27,17 +28,6 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # client filters on it in every query, so this reader does too.
 WORKSPACE = "default"
 DELETED = "Deleted_Internal"  # MLflow keeps a deleted version's row with this stage
-
-_ALIASES = ("SELECT alias, version FROM registered_model_aliases "
-            "WHERE name = :name AND workspace = :ws")
-_MODELS = "SELECT name FROM registered_models WHERE workspace = :ws ORDER BY name"
-_NUMBERS = ("SELECT version FROM model_versions WHERE name = :name AND workspace = :ws "
-            "AND current_stage != :deleted")
-_VERSION = ("SELECT name, version, creation_time, description, run_id, source "
-            "FROM model_versions WHERE name = :name AND version = :version "
-            "AND workspace = :ws AND current_stage != :deleted")
-_TAGS = ("SELECT key, value FROM model_version_tags "
-         "WHERE name = :name AND version = :version AND workspace = :ws")
 
 
 class RegistryView(Protocol):
@@ -62,12 +52,48 @@ def is_database(uri: str) -> bool:
 
 def registry_view(uri: str, key_env: str) -> RegistryView:
     """What a replica reads the registry at ``uri`` with: this module's reader for a
-    database, MLflow's client for a tracking server."""
-    if is_database(uri):
+    database, MLflow's client for a tracking server or when MLflow's workspaces are on (the
+    reader knows MLflow's default workspace only)."""
+    workspaces = os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").lower() in ("1", "true")
+    if is_database(uri) and not workspaces:
         return RegistryReader(uri, key_env)
     from maas.registry.store import Registry
 
     return Registry(uri, key_env=key_env)
+
+
+@cache
+def _tables() -> dict[str, Any]:
+    """MLflow's registry tables, as much of them as this reader reads. Queried through
+    SQLAlchemy's constructs, not SQL text, so that each database quotes its own reserved
+    words (``key`` on MySQL and SQL Server)."""
+    import sqlalchemy as sa
+
+    def table(name: str, *columns: str) -> Any:
+        return sa.table(name, *(sa.column(c) for c in (*columns, "name", "workspace")))
+
+    return {"models": table("registered_models"),
+            "aliases": table("registered_model_aliases", "alias", "version"),
+            "versions": table("model_versions", "version", "creation_time", "description",
+                              "run_id", "source", "current_stage"),
+            "tags": table("model_version_tags", "key", "value", "version")}
+
+
+def select(table: str, columns: tuple[str, ...], name: str | None = None,
+           version: int | None = None) -> Any:
+    """SELECT ``columns`` FROM ``table`` in MLflow's default workspace, for one model (and one
+    of its versions) when given, without deleted versions, ordered by the first column."""
+    import sqlalchemy as sa
+
+    t = _tables()[table]
+    query = sa.select(*(t.c[c] for c in columns)).where(t.c.workspace == WORKSPACE)
+    if name is not None:
+        query = query.where(t.c.name == name)
+    if version is not None:
+        query = query.where(t.c.version == version)
+    if table == "versions":
+        query = query.where(t.c.current_stage != DELETED)
+    return query.order_by(t.c[columns[0]])
 
 
 class RegistryReader:
@@ -78,18 +104,17 @@ class RegistryReader:
         self.artifacts = Artifacts(None, key_env, encrypt=False)  # reads only: no client
 
     @cached_property
-    def _engine(self):
+    def _engine(self) -> Any:
         import sqlalchemy as sa
 
         return sa.create_engine(self.uri, pool_pre_ping=not self.uri.startswith("sqlite"))
 
-    def _rows(self, query: str, **params: object) -> list[tuple]:
+    def _rows(self, query: Any) -> list[tuple]:
         import sqlalchemy as sa
 
         try:
             with self._engine.connect() as conn:
-                return [tuple(row) for row in
-                        conn.execute(sa.text(query), {"ws": WORKSPACE, **params})]
+                return [tuple(row) for row in conn.execute(query)]
         except sa.exc.SQLAlchemyError as exc:
             raise RegistryError(f"the registry at {self._safe_uri()} cannot be read "
                                 f"({type(exc).__name__}); is it the MLflow database the "
@@ -98,32 +123,36 @@ class RegistryReader:
     def _safe_uri(self) -> str:
         import sqlalchemy as sa
 
-        return sa.engine.make_url(self.uri).render_as_string(hide_password=True)
+        try:
+            return sa.engine.make_url(self.uri).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return "(a database URL SQLAlchemy cannot parse)"
 
     def aliases(self, name: str) -> dict[str, int]:
         """Alias -> version of ``name`` (ModelNotFound when it is not registered)."""
-        found = {alias: int(version) for alias, version in self._rows(_ALIASES, name=name)}
-        if not found:
-            known = [model for (model,) in self._rows(_MODELS)]
-            if name not in known:
-                raise ModelNotFound(f"no registered model {name!r} in {self._safe_uri()}; "
-                                    f"registered: {known} (run the pipeline to register one)")
+        found = {alias: int(version) for alias, version in
+                 self._rows(select("aliases", ("alias", "version"), name))}
+        if not found and not self._rows(select("models", ("name",), name)):
+            known = [model for (model,) in self._rows(select("models", ("name",)))]
+            raise ModelNotFound(f"no registered model {name!r} in {self._safe_uri()}; "
+                                f"registered: {known} (run the pipeline to register one)")
         return found
 
     def version_numbers(self, name: str) -> list[int]:
-        return sorted(int(v) for (v,) in self._rows(_NUMBERS, name=name, deleted=DELETED))
+        return [int(v) for (v,) in self._rows(select("versions", ("version",), name))]
 
     def get(self, name: str, ref: int | str | None = None) -> VersionInfo:
         """A version by number, or by alias (``None``: ``production``)."""
         aliases = self.aliases(name)
         number = resolve(name, ref, aliases)
-        rows = (self._rows(_VERSION, name=name, version=number, deleted=DELETED)
+        columns = ("version", "name", "creation_time", "description", "run_id", "source")
+        rows = (self._rows(select("versions", columns, name, number))
                 if 1 <= number <= MAX_VERSION else [])
         if not rows:
             raise VersionNotFound(f"model {name!r} has no version {ref}; versions: "
                                   f"{self.version_numbers(name)}")
-        model, version, created, description, run_id, source = rows[0]
-        tags = dict(self._rows(_TAGS, name=name, version=number))
+        version, model, created, description, run_id, source = rows[0]
+        tags = dict(self._rows(select("tags", ("key", "value"), name, number)))
         return version_info(SimpleNamespace(
             name=model, version=version, creation_timestamp=created, description=description,
             run_id=run_id, source=source, tags=tags), aliases)

@@ -274,16 +274,35 @@ def test_serve_tags_each_route_as_before_with_the_infer_routes_tried_first():
         assert get_asgi_route_name(front, scope) == get_asgi_route_name(app, scope)
 
 
-def test_quiet_gc_freezes_what_is_loaded_and_spaces_out_young_collections():
+def test_quiet_gc_spaces_out_young_collections_and_freezes_nothing():
     import gc
 
     from serve_apps.lean import GC_YOUNG_THRESHOLD, quiet_gc
 
-    before = gc.get_threshold()
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
     try:
         quiet_gc()
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
-        assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == frozen  # a swapped-out version stays collectable
     finally:
-        gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_lean_replica_keeps_the_deploying_jobs_runtime_env_and_its_setup_hook(monkeypatch):
+    """Serve hands a deployment with its own runtime_env only the job's working_dir: the
+    lean env starts from the job's whole one, and never replaces a hook the job set."""
+    import ray
+
+    from serve_apps.lean import WORKER_PROCESS_SETUP_HOOK_ENV, lean_runtime_env
+
+    class Context:
+        runtime_env = {"working_dir": "gcs://x.zip", "env_vars": {"MAAS_MODEL_KEY": "k"}}
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context)
+    env = lean_runtime_env()
+    assert env["working_dir"] == "gcs://x.zip" and env["env_vars"]["MAAS_MODEL_KEY"] == "k"
+    assert env["env_vars"]["MALLOC_ARENA_MAX"] == "2"
+    assert WORKER_PROCESS_SETUP_HOOK_ENV in env["env_vars"]
+    Context.runtime_env = {"env_vars": {WORKER_PROCESS_SETUP_HOOK_ENV: "theirs.hook"}}
+    assert lean_runtime_env()["env_vars"][WORKER_PROCESS_SETUP_HOOK_ENV] == "theirs.hook"

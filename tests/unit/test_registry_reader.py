@@ -97,6 +97,17 @@ def test_a_changed_file_or_an_unreadable_registry_is_refused_by_the_reader(regis
     assert "cannot be read" in str(_raised(empty.aliases, "read"))
 
 
+def test_the_reader_lets_each_database_quote_its_reserved_words():
+    """``key`` is reserved on MySQL and SQL Server: the tag query must quote it there."""
+    from sqlalchemy.dialects import mssql, mysql
+
+    from maas.registry.reader import select
+
+    query = select("tags", ("key", "value"), "m", 1)
+    assert "`key`" in str(query.compile(dialect=mysql.dialect()))
+    assert "[key]" in str(query.compile(dialect=mssql.dialect()))
+
+
 def test_a_replica_reads_a_database_registry_without_importing_mlflow(registry):
     """The point of the reader: a serving replica's process never loads MLflow."""
     code = (
@@ -111,3 +122,4 @@ def test_a_replica_reads_a_database_registry_without_importing_mlflow(registry):
     assert json.loads(done.stdout.splitlines()[-1]) == [2, []]
     assert isinstance(registry_view("http://127.0.0.1:5000", KEY_ENV), Registry)
     assert isinstance(registry_view("postgresql+psycopg://u@h/db", KEY_ENV), RegistryReader)
+    assert local_path("dbfs:/models/m") is None and local_path("s3://b/m") is None
