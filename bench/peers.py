@@ -79,7 +79,7 @@ def ensure_venv(peer: Peer, root: Path = OUT) -> Path:
     return venv
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -136,10 +136,10 @@ def _mlserver_folder(model: Path, port: int, folder: Path, name: str) -> None:
         "http_port": port,
         # MLServer always starts its gRPC server (no setting turns it off): give it a free
         # port (on host too); nothing calls it.
-        "grpc_port": _free_port(),
+        "grpc_port": free_port(),
         # Metrics on, as MLServer ships (a free port of their own): maas and KServe record
         # theirs on every request too.
-        "metrics_port": _free_port(),
+        "metrics_port": free_port(),
         # 0: the model runs in the server process itself, one process like the other peers
         # (the default, 1, adds an inference worker process behind a queue).
         "parallel_workers": 0,

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,10 +48,7 @@ LABELS = {"fastapi": "FastAPI + uvicorn", "mlserver": peers.PEERS["mlserver"].la
 FLOOR = "Ray Serve floor (an ASGI app that reads the body and answers {}, behind HAProxy)"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_free_port = peers.free_port  # also imported by the other benches
 
 
 def _export(folder: Path) -> tuple[Path, object]:

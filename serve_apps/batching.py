@@ -46,7 +46,7 @@ def _run_group(items: list[Item], members: list[int]) -> list[Outputs]:
         return [loaded.run(list(wanted), first)]
     feeds = {name: np.concatenate([items[i][2][name] for i in members]) for name in first}
     outputs = loaded.run(list(wanted), feeds)
-    rows = [len(next(iter(items[i][2].values()))) for i in members]
+    rows = [_rows(items[i]) for i in members]
     if any(o.ndim == 0 or len(o) != sum(rows) for o in outputs):
         return [loaded.run(list(wanted), items[i][2]) for i in members]
     offsets = np.cumsum([0] + rows)

@@ -48,14 +48,19 @@ def quiet_gc() -> None:
 
 
 def lean_runtime_env() -> dict[str, Any]:
-    """The ``runtime_env`` of a lean replica, for ``ray_actor_options``. Serve gives a
-    deployment that sets its own runtime_env only the deploying job's ``working_dir``, so this
-    starts from the job's (or the config app's) whole runtime_env, as Serve would have, and
-    adds to its environment variables. A setup hook the job already has stays (Ray takes one
-    per worker): that replica then keeps pandas."""
+    """The ``runtime_env`` of a lean replica, for ``ray_actor_options``: the deploying job's
+    (or the config app's) runtime_env made lean (:func:`made_lean`)."""
     import ray
 
-    inherited = dict(ray.get_runtime_context().runtime_env) if ray.is_initialized() else {}
+    return made_lean(dict(ray.get_runtime_context().runtime_env) if ray.is_initialized()
+                     else {})
+
+
+def made_lean(inherited: dict[str, Any]) -> dict[str, Any]:
+    """``inherited`` with a lean replica's environment variables added. Serve gives a
+    deployment that sets its own runtime_env only the deploying job's ``working_dir``, so a
+    lean one starts from the job's whole runtime_env, as Serve would have. A setup hook the
+    job already has stays (Ray takes one per worker): that replica then keeps pandas."""
     env_vars = dict(inherited.get("env_vars") or {})
     env_vars.setdefault(WORKER_PROCESS_SETUP_HOOK_ENV,
                         f"{__name__}.{keep_out_unused_imports.__name__}")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 import tempfile
 import uuid
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from maas import crypto
 from maas.registry.versions import (MODEL_FILE, IntegrityError, RegistryError, VersionInfo,

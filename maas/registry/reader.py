@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from maas.registry.artifacts import Artifacts
 from maas.registry.versions import (MAX_VERSION, ModelNotFound, RegistryError, VersionInfo,
-                                    VersionNotFound, resolve, version_info)
+                                    no_version, resolve, version_info)
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # MLflow's single-tenant rows (mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME); MLflow's
@@ -149,8 +149,7 @@ class RegistryReader:
         rows = (self._rows(select("versions", columns, name, number))
                 if 1 <= number <= MAX_VERSION else [])
         if not rows:
-            raise VersionNotFound(f"model {name!r} has no version {ref}; versions: "
-                                  f"{self.version_numbers(name)}")
+            raise no_version(name, ref, self.version_numbers(name))
         version, model, created, description, run_id, source = rows[0]
         tags = dict(self._rows(select("tags", ("key", "value"), name, number)))
         return version_info(SimpleNamespace(

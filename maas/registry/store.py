@@ -22,7 +22,8 @@ from maas.registry.artifacts import Artifacts
 from maas.registry.versions import (ALIASES, CANARY, HISTORY_TAG, LINEAGE_PREFIX, MAX_VERSION,
                                     METRIC_PREFIX, MODEL_FILE, PRODUCTION, ModelNotFound,
                                     ModelSummary, RegistryError, VersionInfo, VersionNotFound,
-                                    millis_iso, onnx_signature, resolve, version_info)
+                                    millis_iso, no_version, onnx_signature, resolve,
+                                    version_info)
 
 
 class Registry:
@@ -191,9 +192,8 @@ class Registry:
             raise self._no_version(name, ref) from None
         return version_info(mv, aliases)
 
-    def _no_version(self, name: str, ref: int | str) -> VersionNotFound:
-        known = [v.version for v in self.versions(name)]
-        return VersionNotFound(f"model {name!r} has no version {ref}; versions: {known}")
+    def _no_version(self, name: str, ref: int | str | None) -> VersionNotFound:
+        return no_version(name, ref, [v.version for v in self.versions(name)])
 
     def current(self, name: str, alias: str = PRODUCTION) -> VersionInfo | None:
         """The version ``alias`` points at, or None (also when ``name`` is not registered)."""

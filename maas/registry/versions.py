@@ -120,6 +120,11 @@ def resolve(name: str, ref: int | str | None, aliases: dict[str, int]) -> int:
     return int(ref)
 
 
+def no_version(name: str, ref: int | str | None, known: list[int]) -> VersionNotFound:
+    """The refusal for a version ``name`` does not have (``known``: the ones it has)."""
+    return VersionNotFound(f"model {name!r} has no version {ref}; versions: {known}")
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -288,21 +288,16 @@ def test_quiet_gc_spaces_out_young_collections_and_freezes_nothing():
         gc.set_threshold(*before)
 
 
-def test_a_lean_replica_keeps_the_deploying_jobs_runtime_env_and_its_setup_hook(monkeypatch):
+def test_a_lean_replica_keeps_the_deploying_jobs_runtime_env_and_its_setup_hook():
     """Serve hands a deployment with its own runtime_env only the job's working_dir: the
     lean env starts from the job's whole one, and never replaces a hook the job set."""
-    import ray
+    from serve_apps.lean import WORKER_PROCESS_SETUP_HOOK_ENV, made_lean
 
-    from serve_apps.lean import WORKER_PROCESS_SETUP_HOOK_ENV, lean_runtime_env
-
-    class Context:
-        runtime_env = {"working_dir": "gcs://x.zip", "env_vars": {"MAAS_MODEL_KEY": "k"}}
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context)
-    env = lean_runtime_env()
+    job = {"working_dir": "gcs://x.zip", "env_vars": {"MAAS_MODEL_KEY": "k"}}
+    env = made_lean(job)
     assert env["working_dir"] == "gcs://x.zip" and env["env_vars"]["MAAS_MODEL_KEY"] == "k"
     assert env["env_vars"]["MALLOC_ARENA_MAX"] == "2"
     assert WORKER_PROCESS_SETUP_HOOK_ENV in env["env_vars"]
-    Context.runtime_env = {"env_vars": {WORKER_PROCESS_SETUP_HOOK_ENV: "theirs.hook"}}
-    assert lean_runtime_env()["env_vars"][WORKER_PROCESS_SETUP_HOOK_ENV] == "theirs.hook"
+    assert job["env_vars"] == {"MAAS_MODEL_KEY": "k"}  # the job's own dict is left alone
+    theirs = made_lean({"env_vars": {WORKER_PROCESS_SETUP_HOOK_ENV: "theirs.hook"}})
+    assert theirs["env_vars"][WORKER_PROCESS_SETUP_HOOK_ENV] == "theirs.hook"
