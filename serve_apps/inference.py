@@ -51,6 +51,7 @@ from serve_apps.infer_route import InferFront
 from serve_apps.lean import lean_runtime_env, quiet_gc
 from serve_apps.metering import ReplicaMetrics
 from serve_apps.versions import Loaded, Versions
+from serve_apps.wire import coalesce_response_heads
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
 ERRORS = {status: {"model": ErrorBody}
@@ -109,6 +110,7 @@ class ModelServer:
         self.batcher = MicroBatcher(batching.max_batch_size, batching.wait_ms / 1000.0,
                                     batching.inline_below_ms / 1000.0, self._observe_batch)
         quiet_gc()  # the model is loaded: see serve_apps.lean
+        coalesce_response_heads()  # one socket write per answer: see serve_apps.wire
 
     def __serve_build_asgi_app__(self) -> InferFront:
         """Serve calls this once __init__ has run: the app that takes this replica's HTTP

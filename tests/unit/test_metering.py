@@ -1,0 +1,99 @@
+"""A replica's usage meter against a real access store (SQLite): what it writes, what a failed
+write leaves for the next flush, and that requests counted while a flush runs are never lost."""
+
+import threading
+
+import pytest
+
+from maas.access import AccessStore
+from serve_apps.metering import UsageMeter
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def store(tmp_path) -> AccessStore:
+    return AccessStore(f"sqlite:///{tmp_path / 'access.db'}")
+
+
+def _totals(store: AccessStore) -> dict[tuple[str, str, int], tuple]:
+    return {(r.tenant, r.version, r.status): (r.requests, r.rows, r.prompt_tokens,
+                                              r.completion_tokens, r.mean_latency_ms)
+            for r in store.usage()}
+
+
+def test_each_flush_writes_what_was_counted_since_the_last(store):
+    meter = UsageMeter(store)
+    for ms in (2.0, 4.0):
+        meter.record("acme", "k1", "digits", "3", 200, 5, ms)
+    meter.record("acme", "k1", "digits", "3", 429, 0, 0.5)
+    meter.record("beta", "k2", "digits", "-", 200, 1, 6.0, prompt_tokens=7,
+                 completion_tokens=9)
+    meter.flush()
+    assert _totals(store) == {("acme", "3", 200): (2, 10, 0, 0, 3.0),
+                              ("acme", "3", 429): (1, 0, 0, 0, 0.5),
+                              ("beta", "-", 200): (1, 1, 7, 9, 6.0)}
+    meter.flush()  # nothing new: nothing added twice
+    meter.record("acme", "k1", "digits", "3", 200, 5, 9.0)
+    meter.flush()
+    assert _totals(store)[("acme", "3", 200)] == (3, 15, 0, 0, 5.0)
+
+
+class FailingOnce(AccessStore):
+    """The real store, whose next write fails (as a locked or unreachable database does)."""
+
+    fail = True
+
+    def add_usage(self, counts) -> None:
+        if self.fail:
+            self.fail = False
+            raise OSError("database is locked")
+        super().add_usage(counts)
+
+
+def test_a_failed_write_leaves_its_counts_for_the_next_flush(tmp_path):
+    store = FailingOnce(f"sqlite:///{tmp_path / 'access.db'}")
+    meter = UsageMeter(store)
+    meter.record("acme", "k1", "digits", "3", 200, 5, 2.0)
+    with pytest.raises(OSError):
+        meter.flush()
+    meter.record("acme", "k1", "digits", "3", 200, 5, 4.0)
+    meter.flush()
+    assert _totals(store) == {("acme", "3", 200): (2, 10, 0, 0, 3.0)}
+
+
+def test_requests_counted_while_flushes_run_are_all_written(store):
+    """The meter's record runs on the event loop while the gate's thread flushes: hammer both
+    at once, and every request, row and millisecond must reach the store exactly once."""
+    meter, n = UsageMeter(store), 300_000
+    done = threading.Event()
+
+    def count() -> None:
+        for i in range(n):
+            meter.record("acme", "k1", "digits", "3", 200 if i % 3 else 500, 2, 0.25)
+        done.set()
+
+    recorder = threading.Thread(target=count)
+    recorder.start()
+    flushes = 0
+    while not done.is_set():
+        meter.flush()
+        flushes += 1
+    recorder.join()
+    meter.flush()
+    rows = store.usage()
+    assert flushes > 3  # the flushes did overlap the counting
+    assert sum(r.requests for r in rows) == n
+    assert sum(r.rows for r in rows) == 2 * n
+    assert sum(r.mean_latency_ms * r.requests for r in rows) == pytest.approx(0.25 * n)
+
+
+def test_a_minute_long_past_is_forgotten_once_written(store):
+    meter = UsageMeter(store)
+    meter.record("acme", "k1", "digits", "3", 200, 1, 1.0)
+    meter.FORGET_AFTER_S = -120  # as if three minutes had passed since that minute
+    meter.flush()
+    assert _totals(store) == {("acme", "3", 200): (1, 1, 0, 0, 1.0)}
+    assert not meter._totals and not meter._written
+    meter.flush()
+    assert _totals(store) == {("acme", "3", 200): (1, 1, 0, 0, 1.0)}
