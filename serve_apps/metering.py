@@ -5,6 +5,7 @@ Both are off the request path: a request adds to in-memory totals, and a backgro
 """
 
 import asyncio
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -31,6 +32,9 @@ class UsageMeter:
         self.store = store
         self._totals: dict[tuple, list[float]] = {}  # requests, rows, ms, prompt, completion
         self._written: dict[tuple, list[float]] = {}  # what the store holds of each
+        # One flush at a time (the gate's thread, and its close() on another): two at once
+        # would both write the same gain. record() never takes it.
+        self._flushing = threading.Lock()
 
     def record(self, tenant: str, key_id: str, model: str, version: str, status: int,
                rows: int, ms: float, prompt_tokens: int = 0, completion_tokens: int = 0
@@ -46,8 +50,12 @@ class UsageMeter:
         totals[4] += completion_tokens
 
     def flush(self) -> None:
-        # list() and copy() run in C, under the GIL: each is a consistent snapshot.
-        snapshot = {key: totals.copy() for key, totals in list(self._totals.items())}
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
+        # dict.copy() and list.copy() run in C without releasing the GIL: consistent copies.
+        snapshot = {key: totals.copy() for key, totals in self._totals.copy().items()}
         gained = {}
         for key, totals in snapshot.items():
             written = self._written.get(key)

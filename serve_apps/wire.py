@@ -61,7 +61,10 @@ def _declares_length(message: dict) -> bool:
 def coalesce_response_heads() -> None:
     """Make uvicorn's httptools protocol, in this process, write a response's head with its
     first body write when the response declares its length (idempotent)."""
-    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    try:
+        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    except ImportError:  # no httptools: uvicorn serves with h11, left as it is
+        return
 
     send = RequestResponseCycle.send
     if getattr(send, "coalesces", False):
@@ -72,6 +75,8 @@ def coalesce_response_heads() -> None:
         if type(transport) is not HeldHead:
             transport = self.transport = HeldHead(transport)  # type: ignore[assignment]
         if message["type"] == "http.response.start":
+            if not isinstance(message.get("headers", []), list):  # any iterable: read it once
+                message = {**message, "headers": list(message["headers"])}
             transport.holding = _declares_length(message)
             try:
                 await send(self, message)

@@ -82,7 +82,7 @@ def test_requests_counted_while_flushes_run_are_all_written(store):
     recorder.join()
     meter.flush()
     rows = store.usage()
-    assert flushes > 3  # the flushes did overlap the counting
+    assert flushes >= 2  # at least one flush ran while the counting went on
     assert sum(r.requests for r in rows) == n
     assert sum(r.rows for r in rows) == 2 * n
     assert sum(r.mean_latency_ms * r.requests for r in rows) == pytest.approx(0.25 * n)
@@ -97,3 +97,17 @@ def test_a_minute_long_past_is_forgotten_once_written(store):
     assert not meter._totals and not meter._written
     meter.flush()
     assert _totals(store) == {("acme", "3", 200): (1, 1, 0, 0, 1.0)}
+
+
+def test_two_flushes_at_once_write_each_request_once(store):
+    """The gate's thread flushes while close() flushes on another: never the same gain twice."""
+    meter = UsageMeter(store)
+    for _ in range(50):
+        for _ in range(20):
+            meter.record("acme", "k1", "digits", "3", 200, 1, 1.0)
+        flushers = [threading.Thread(target=meter.flush) for _ in range(3)]
+        for flusher in flushers:
+            flusher.start()
+        for flusher in flushers:
+            flusher.join()
+    assert _totals(store) == {("acme", "3", 200): (1000, 1000, 0, 0, 1.0)}

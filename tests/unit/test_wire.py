@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +16,9 @@ from serve_apps.wire import coalesce_response_heads
 pytestmark = pytest.mark.unit
 
 SERVER = """
-import asyncio, sys
+import asyncio, socket, sys
 import uvicorn
-if sys.argv[2] == "patched":
+if sys.argv[1] == "patched":
     from serve_apps.wire import coalesce_response_heads
     coalesce_response_heads()
 
@@ -29,6 +30,10 @@ async def app(scope, receive, send):
     path = scope["path"]
     if path == "/error":
         raise RuntimeError("before the answer")
+    if path == "/broken":  # its head sent, then a failure: uvicorn closes the connection
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"10")]})
+        raise RuntimeError("after the head")
     if path == "/stream":  # no length: chunked, its head goes out at once
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
@@ -43,8 +48,10 @@ async def app(scope, receive, send):
         await asyncio.sleep(0.05)
     await send({"type": "http.response.body", "body": body})
 
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="httptools",
-            log_level="critical")
+sock = socket.socket()  # its own free port, told to the test (no race for a port)
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+uvicorn.Server(uvicorn.Config(app, http="httptools", log_level="critical")).run(sockets=[sock])
 """
 
 REQUESTS = {
@@ -54,13 +61,9 @@ REQUESTS = {
     "empty": b"GET /empty HTTP/1.1\r\nhost: x\r\n\r\n",
     "slow": b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n",
     "error": b"GET /error HTTP/1.1\r\nhost: x\r\n\r\n",
+    "broken": b"GET /broken HTTP/1.1\r\nhost: x\r\n\r\n",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _exchange(port: int, requests: list[bytes]) -> bytes:
@@ -82,11 +85,11 @@ def _exchange(port: int, requests: list[bytes]) -> bytes:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     ports, procs = {}, []
-    for kind in ("plain", "patched"):
-        port = _free_port()
-        procs.append(subprocess.Popen([sys.executable, "-c", SERVER, str(port), kind]))
-        ports[kind] = port
     try:
+        for kind in ("plain", "patched"):
+            procs.append(subprocess.Popen([sys.executable, "-c", SERVER, kind], cwd=REPO,
+                                          stdout=subprocess.PIPE, text=True))
+            ports[kind] = int(procs[-1].stdout.readline())
         for port in ports.values():
             deadline = time.monotonic() + 60
             while True:
@@ -105,7 +108,8 @@ def servers(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sequence", [["json"], ["head"], ["stream"], ["empty"], ["slow"],
-                                      ["error"], ["json", "head", "stream", "empty", "json"]])
+                                      ["error"], ["broken"],
+                                      ["json", "head", "stream", "empty", "json"]])
 def test_a_client_receives_the_same_bytes_as_from_uvicorn_unpatched(servers, sequence):
     requests = [REQUESTS[name] for name in sequence]
     plain, patched = (_exchange(servers[kind], requests) for kind in ("plain", "patched"))
@@ -161,3 +165,8 @@ def test_a_response_with_a_length_is_one_write_and_a_stream_starts_at_once():
     head_only = Recording()
     _answer(_cycle(head_only, "HEAD"), [(b"content-length", b"2")], [b"{}"])
     assert len(head_only.writes) == 1 and head_only.writes[0].endswith(b"\r\n\r\n")
+    given_once = Recording()  # ASGI allows any iterable of headers: none may be lost
+    _answer(_cycle(given_once), iter([(b"content-type", b"application/json"),
+                                      (b"content-length", b"2")]), [b"{}"])
+    assert len(given_once.writes) == 1
+    assert b"content-type: application/json\r\ncontent-length: 2\r\n" in given_once.writes[0]
