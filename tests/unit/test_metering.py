@@ -66,10 +66,12 @@ def test_requests_counted_while_flushes_run_are_all_written(store):
     """The meter's record runs on the event loop while the gate's thread flushes: hammer both
     at once, and every request, row and millisecond must reach the store exactly once."""
     meter, n = UsageMeter(store), 300_000
-    done = threading.Event()
+    done, flushed = threading.Event(), threading.Event()
 
     def count() -> None:
         for i in range(n):
+            if i == n // 2:  # half counted: go on once a flush has run (no race on timing)
+                flushed.wait(timeout=60)
             meter.record("acme", "k1", "digits", "3", 200 if i % 3 else 500, 2, 0.25)
         done.set()
 
@@ -79,6 +81,7 @@ def test_requests_counted_while_flushes_run_are_all_written(store):
     while not done.is_set():
         meter.flush()
         flushes += 1
+        flushed.set()
     recorder.join()
     meter.flush()
     rows = store.usage()
