@@ -1,6 +1,7 @@
 """Serving throughput, tail latency and memory: maas as shipped vs the Python model servers.
 
     .venv/bin/python bench/serve_bench.py [--seconds 5] [--servers fastapi,mlserver,kserve,maas]
+                                          [--loadgen wrk|aiohttp]
 
 One invocation, one model (the digits MLP shape: 64 -> 128 -> 64 -> 10, exported by maas), the
 same Open Inference Protocol JSON body for every server, one after another:
@@ -11,9 +12,10 @@ same Open Inference Protocol JSON body for every server, one after another:
             (its serve section, cluster.serve_ingress, access on with a key as `maas
             quickstart` makes one), registered in a temporary MLflow registry.
 The peers are pip-installed into their own venvs under bench/out (bench/peers.py), never into
-the project's. Each server is driven by bench/loadgen.py (its own process) with 1-row and
-64-row requests at 1, 8, 32 and 128 closed-loop clients. Afterwards each server's memory is
-read from /proc. Ray Serve's own floor is measured in the same cluster after maas: a replica
+the project's. Each server is driven by bench/loadgen.py (its own process; wrk by default,
+see --loadgen) with 1-row and 64-row requests at 1, 8, 32 and 128 closed-loop clients.
+Afterwards each server's memory is read from /proc. Ray Serve's own floor is measured in the
+same cluster after maas: a replica
 whose app reads the body and answers ``{}``, at 1 and 32 clients. Prints and saves req/s,
 rows/s, p50/p99 and memory (bench/out/serve_bench.json and .png) and, when every server ran,
 updates bench/RESULTS.md.
@@ -77,6 +79,7 @@ def _bodies(splits, folder: Path) -> dict[int, Path]:
 
 
 WARMUP_S = float(os.environ.get("MAAS_BENCH_WARMUP_S", "2"))  # per cell, every server
+ENGINE = "wrk"  # the load generator's engine (bench/loadgen.py), set by --loadgen
 
 
 def _load(url: str, body: Path, concurrency: int, seconds: float,
@@ -84,7 +87,7 @@ def _load(url: str, body: Path, concurrency: int, seconds: float,
     extra = [arg for header in headers for arg in ("--header", header)]
     done = subprocess.run([sys.executable, str(REPO / "bench" / "loadgen.py"), url, str(body),
                            "--concurrency", str(concurrency), "--seconds", str(seconds),
-                           "--warmup", str(WARMUP_S), *extra],
+                           "--warmup", str(WARMUP_S), "--engine", ENGINE, *extra],
                           capture_output=True, text=True, check=True, timeout=seconds + 120)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -318,10 +321,11 @@ def _report(rows: list[dict], memory: dict[str, dict], seconds: float) -> list[s
         return next(r for r in rows if r["server"] == server and r["rows"] == n
                     and r["concurrency"] == c)
 
-    lines = [f"Command: `.venv/bin/python bench/serve_bench.py --seconds {seconds:g}`",
+    engine = "" if ENGINE == "wrk" else f" --loadgen {ENGINE}"
+    lines = [f"Command: `.venv/bin/python bench/serve_bench.py --seconds {seconds:g}{engine}`",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; run "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Closed-loop clients "
-             f"(bench/loadgen.py, aiohttp, its own process) for {seconds:g} s per cell after a "
+             f"(bench/loadgen.py, {ENGINE}, its own process) for {seconds:g} s per cell after a "
              f"{WARMUP_S:g} s warm-up. maas: deploy.yaml's digits serving settings, Serve "
              f"ingress HAProxy, access on (a key as `maas quickstart` makes one). Raw: "
              f"bench/out/serve_bench.json.", "",
@@ -351,12 +355,16 @@ def _report(rows: list[dict], memory: dict[str, dict], seconds: float) -> list[s
 
 
 def main() -> None:
+    global ENGINE
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help="comma-separated subset; RESULTS.md is updated only with all")
+    parser.add_argument("--loadgen", choices=("wrk", "aiohttp"), default=ENGINE,
+                        help="the load generator's engine (bench/loadgen.py)")
     args = parser.parse_args()
+    ENGINE = args.loadgen
     servers = [s for s in SERVERS if s in args.servers.split(",")]
     rows, memory = [], {}
     with tempfile.TemporaryDirectory() as tmp:

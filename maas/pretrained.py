@@ -206,7 +206,13 @@ def export(model_dir: Path, encoder: TextEncoder, path: Path, opset: int = 18) -
 
 def quantize(fp32: Path, out: Path) -> Path:
     """Dynamic int8 (per-channel weights) of the MatMuls in INT8_MATMULS and of the
-    token-embedding table; the rest stays fp32."""
+    token-embedding table; the rest stays fp32.
+
+    Weights take 7 bits (``reduce_range``): on an x86 CPU without VNNI (AVX2 only), ONNX
+    Runtime's u8 x s8 kernel adds pairs of products in 16 bits, which saturate with 8-bit
+    weights; measured on such a host, the least cosine to sentence-transformers fell from
+    0.993 to 0.989 without it. With 7 bits nothing saturates, so every CPU computes the same
+    embeddings."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -220,7 +226,8 @@ def quantize(fp32: Path, out: Path) -> Path:
     root.setLevel(logging.ERROR)
     try:
         quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=excluded)
+                         reduce_range=True, op_types_to_quantize=["MatMul", "Gather"],
+                         nodes_to_exclude=excluded)
     finally:
         root.setLevel(previous)
     return out

@@ -11,6 +11,15 @@ Where a batch runs is measured, not guessed: batches that take less than ``inlin
 back costs more than the call (measured in bench/RESULTS.md); slower ones (a text embedder,
 a burst of large requests) run on the replica's one batch thread, so the loop keeps reading
 requests while ONNX Runtime works.
+
+A batch on the thread is timed by the thread's own CPU time, not the clock: on a busy replica
+its clock time includes waiting for the GIL the event loop holds (up to the 5 ms switch
+interval per wait), which once made a cheap model look slow, and kept it on the thread, exactly
+when the replica was busiest (half of its batches, py-spy at 32 clients). ONNX Runtime's
+calling thread works on its own share and spins while its pool finishes, so its CPU time is
+not less than the call's. Where that does not hold (a call that blocks), the batch run on the
+loop measures slow by the clock, and the thread's figures are not trusted for a while
+(DISTRUST_S), so a blocking model is not tried on the loop again and again.
 """
 
 import asyncio
@@ -23,6 +32,11 @@ import numpy as np
 
 Feeds = dict[str, np.ndarray]
 Outputs = list[np.ndarray]
+# After a batch on the loop measures slow where the thread's CPU time said fast, the thread's
+# word is not taken for this long, doubling each time (a blocking model), up to MAX. Short at
+# first: a fast model's batch that was merely preempted should not send many others to the
+# thread.
+DISTRUST_S, MAX_DISTRUST_S = 0.01, 64.0
 
 
 class Runnable(Protocol):
@@ -88,14 +102,28 @@ class MicroBatcher:
         self._timer: asyncio.TimerHandle | None = None  # wait_s > 0: the open batch's deadline
         self._fast_rows = 0  # the largest batch (rows) measured under inline_below_s
         self._slow_rows: float = float("inf")  # the smallest measured over it
+        self._distrust_until = 0.0  # monotonic: the thread's measurements are not trusted
+        self._distrust_s = DISTRUST_S  # for how long, next time a loop batch contradicts them
         self._pool: ThreadPoolExecutor | None = None
 
     def inline(self, rows: int) -> bool:
         """Whether a batch of ``rows`` runs on the event loop (see the class docstring)."""
         return rows <= self._fast_rows and rows < self._slow_rows
 
-    async def run(self, item: Item) -> Outputs:
-        """``item``'s outputs, computed in the next batch."""
+    async def run(self, item: Item, alone: bool = False) -> Outputs:
+        """``item``'s outputs, computed in the next batch. ``alone``: no other request is in the
+        replica to share a batch with; then an idle batcher runs it at once where it measured
+        cheap, with no queue, future or extra turn of the loop (at 1 client those were a fifth
+        of maas's own time per request: py-spy, bench/RESULTS.md)."""
+        rows = _rows(item)
+        if alone and not self._busy and self.wait_s == 0 and self.inline(rows):
+            self._observe(1)
+            loaded, wanted, feeds = item
+            started = time.perf_counter()
+            try:
+                return loaded.run(list(wanted), feeds)
+            finally:
+                self._learn(rows, time.perf_counter() - started, True)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((item, future))
@@ -126,27 +154,42 @@ class MicroBatcher:
             items = [item for item, _ in batch]
             rows = sum(_rows(item) for item in items)
             if self.inline(rows):
-                self._finish(loop, batch, self._timed(items, rows))
+                self._finish(loop, batch, self._timed(items, rows, True))
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="maas-batch")
-            done = loop.run_in_executor(self._pool, self._timed, items, rows)
+            done = loop.run_in_executor(self._pool, self._timed, items, rows, False)
         except Exception as exc:  # never leave a request waiting, nor the queue stuck
             self._finish(loop, batch, [exc] * len(batch))
             return
         done.add_done_callback(lambda f: self._finish(loop, batch, _outcome(f, len(batch))))
 
-    def _timed(self, items: list[Item], rows: int) -> list[Outputs | BaseException]:
-        started = time.perf_counter()
+    def _timed(self, items: list[Item], rows: int, on_loop: bool
+               ) -> list[Outputs | BaseException]:
+        # On the loop, the clock is what the loop was held for; on the thread, its CPU time
+        # (see the module docstring).
+        clock = time.perf_counter if on_loop else time.thread_time
+        started = clock()
         results = run_batch(items)
-        if time.perf_counter() - started < self.inline_below_s:
+        self._learn(rows, clock() - started, on_loop)
+        return results
+
+    def _learn(self, rows: int, seconds: float, on_loop: bool) -> None:
+        now = time.monotonic()
+        if seconds < self.inline_below_s:
+            if on_loop:
+                self._distrust_s = DISTRUST_S
+            elif now < self._distrust_until:
+                return
             self._fast_rows = max(self._fast_rows, rows)
             # A slow measurement this contradicts (a cold first call, a pause) no longer holds.
             self._slow_rows = max(self._slow_rows, rows + 1)
-        else:
-            self._slow_rows = min(self._slow_rows, rows)
-            self._fast_rows = min(self._fast_rows, rows - 1)
-        return results
+            return
+        self._slow_rows = min(self._slow_rows, rows)
+        self._fast_rows = min(self._fast_rows, rows - 1)
+        if on_loop:  # the thread's CPU time said fast: not for a while
+            self._distrust_until = now + self._distrust_s
+            self._distrust_s = min(self._distrust_s * 2, MAX_DISTRUST_S)
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list, results: list) -> None:
         for (_, future), result in zip(batch, results):

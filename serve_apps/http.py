@@ -77,24 +77,33 @@ async def read_capped(headers: Mapping[str, str], receive: Receive, limit: int,
         raise InferError(413, f"body: {int(declared)} bytes is more than the {limit} allowed "
                               f"({setting}); {fix}")
     chunks, size = [], 0
+    # One timer that cancels this task, as asyncio.timeout() does, with a quarter of its
+    # Python (that was ~20 µs of a request at 1 client, py-spy): every infer request pays it.
+    task, expired = asyncio.current_task(), []
+    cancelling = task.cancelling() if task is not None else 0
+    deadline = asyncio.get_running_loop().call_later(
+        timeout_s, lambda: task is not None and (expired.append(True), task.cancel()))
     try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnect()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:  # a body sent without (or with a false) Content-Length
-                    raise InferError(413, f"body: more than the {limit} bytes allowed "
-                                          f"({setting}); {fix}")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise InferError(408, f"body: {size} bytes received in {timeout_s:g} s and the rest "
-                              f"still missing (serve.body_timeout_s); send the whole body "
-                              f"at once") from None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # a body sent without (or with a false) Content-Length
+                raise InferError(413, f"body: more than the {limit} bytes allowed "
+                                      f"({setting}); {fix}")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if expired and task is not None and task.uncancel() <= cancelling:  # our timer's
+            raise InferError(408, f"body: {size} bytes received in {timeout_s:g} s and the "
+                                  f"rest still missing (serve.body_timeout_s); send the whole "
+                                  f"body at once") from None
+        raise
+    finally:
+        deadline.cancel()
     return b"".join(chunks)  # a lone chunk comes back as it is, uncopied
 
 

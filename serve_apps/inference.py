@@ -104,6 +104,7 @@ class ModelServer:
                                  serving.alias_poll_s, serving.canary_weight)
         self._metrics = ReplicaMetrics()
         self._metrics_flusher: asyncio.Task | None = None  # started by the first request
+        self._in_flight = 0  # infer requests between admission and answer (HTTP and handle)
         self.gate = (AccessGate(args.access, args.name, args.agreement)
                      if args.access is not None else None)
         batching = serving.batching
@@ -195,6 +196,7 @@ class ModelServer:
         # as a metric tag or usage row it would add a series per typo (or fail to encode).
         served, status, rows = "-", 500, 0
         admission: Admission = NOBODY
+        self._in_flight += 1
         try:
             if self.gate is not None:
                 admission = await self.gate.admit(headers)
@@ -213,11 +215,20 @@ class ModelServer:
                 admission = Admission(exc.tenant, exc.key_id, False)
             raise
         finally:
+            self._in_flight -= 1
             ms = (time.perf_counter() - started) * 1000.0
-            self._metrics.record(admission.tenant, self.args.name, served, status, rows, ms)
-            if self.gate is not None:
-                self.gate.meter.record(admission.tenant, admission.key_id, self.args.name,
-                                       served, status, rows, ms)
+            # Counted in the loop's next turn, once the answer is written: a client does not
+            # wait for its own bookkeeping (~20 µs of a request at 1 client, py-spy). The
+            # counts reach Ray and the access store a second later at most either way.
+            asyncio.get_running_loop().call_soon(self._count, admission, served, status, rows,
+                                                 ms)
+
+    def _count(self, admission: Admission, served: str, status: int, rows: int,
+               ms: float) -> None:
+        self._metrics.record(admission.tenant, self.args.name, served, status, rows, ms)
+        if self.gate is not None:
+            self.gate.meter.record(admission.tenant, admission.key_id, self.args.name,
+                                   served, status, rows, ms)
 
     async def _request_body(self, headers: Mapping[str, str], receive: Receive
                             ) -> InferenceRequest:
@@ -236,7 +247,8 @@ class ModelServer:
         if unknown:
             raise InferError(400, f"outputs: unknown output(s) {unknown}; "
                                   f"this model has {loaded.output_names}")
-        results = await self.batcher.run((loaded, tuple(wanted), feeds))
+        # Alone in the replica, a request has nobody to share a batch with: it runs at once.
+        results = await self.batcher.run((loaded, tuple(wanted), feeds), self._in_flight == 1)
         outputs = [(name, np.asarray(r)) for name, r in zip(wanted, results)]
         for name, array in outputs:  # before the request is counted as answered
             datatype_of(name, array)

@@ -16,7 +16,7 @@ from maas.errors import MaasError
 from maas.oip import (InferenceRequest, InferenceResponse, encode_output, parse_request,
                       response_json)
 from serve_apps.batching import MicroBatcher, run_batch
-from serve_apps.infer_route import InferFront, infer_target
+from serve_apps.infer_route import InferFront, InferRouteTag, infer_target
 from serve_apps.ingress import DISCONNECT_OFF, QuickInfer
 
 pytestmark = pytest.mark.unit
@@ -103,16 +103,62 @@ def test_a_cheap_model_runs_on_the_event_loop_once_measured():
     assert any(name.startswith("maas-batch") for name in model.threads)
 
 
+def _busy(seconds: float) -> None:
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 def test_batches_that_measured_slow_go_to_the_thread_until_measured_fast_again():
     batcher = MicroBatcher(16, 0.0, 0.05, lambda size: None)
     slow, fast = Doubler(), Doubler()
-    slow.run = lambda wanted, feeds: (time.sleep(0.06), [feeds["x"]])[1]
-    batcher._timed([_item(fast, *range(8))], 8)
+    slow.run = lambda wanted, feeds: (_busy(0.06), [feeds["x"]])[1]
+    batcher._timed([_item(fast, *range(8))], 8, False)
     assert batcher.inline(8) and batcher.inline(3)
-    batcher._timed([_item(slow, *range(4))], 4)  # 4 rows took longer than 0.05 s
+    batcher._timed([_item(slow, *range(4))], 4, False)  # 4 rows took 0.06 s of CPU
     assert not batcher.inline(4) and not batcher.inline(8) and batcher.inline(3)
-    batcher._timed([_item(fast, *range(6))], 6)  # measured fast again: 6 rows are cheap
+    batcher._timed([_item(fast, *range(6))], 6, False)  # measured fast again: 6 rows are cheap
     assert batcher.inline(6) and batcher.inline(4)
+
+
+def test_a_thread_batch_is_timed_by_its_cpu_and_a_loop_batch_by_the_clock():
+    batcher = MicroBatcher(16, 0.0, 0.05, lambda size: None)
+    waits = Doubler()  # cheap, but 0.06 s pass while it runs (as when it waits for the GIL)
+    waits.run = lambda wanted, feeds: (time.sleep(0.06), [feeds["x"]])[1]
+    batcher._timed([_item(waits, 1)], 1, False)
+    assert batcher.inline(1)  # the thread's CPU time: cheap
+    batcher._distrust_s = 30.0  # (its first is shorter than this test's steps)
+    batcher._timed([_item(waits, 1)], 1, True)  # on the loop, the loop was held 0.06 s
+    assert not batcher.inline(1)
+    batcher._timed([_item(waits, 1)], 1, False)  # the thread's word is not taken for now
+    assert not batcher.inline(1)
+    batcher._distrust_until = 0.0  # ... until its time is up
+    batcher._timed([_item(waits, 1)], 1, False)
+    assert batcher.inline(1) and batcher._distrust_s == 60.0  # the next lasts longer
+
+
+def test_a_request_alone_runs_at_once_and_one_among_others_waits_for_its_batch():
+    model, sizes = Doubler(), []
+
+    async def main():
+        batcher = MicroBatcher(16, 0.0, 1.0, sizes.append)
+        await batcher.run(_item(model, 1))  # measured (on the thread): cheap
+        alone = batcher.run(_item(model, 2), alone=True)
+        try:  # finished without ever suspending: no queue, no future, no turn of the loop
+            alone.send(None)
+        except StopIteration as done:
+            np.testing.assert_array_equal(done.value[0], [[4]])
+        else:
+            raise AssertionError("a request alone waited for the loop")
+        together = await asyncio.gather(batcher.run(_item(model, 3)), batcher.run(_item(model, 4)))
+        with pytest.raises(RuntimeError, match="bad row"):
+            await batcher.run(_item(Doubler(fail_on=5.0), 5), alone=True)
+        batcher.close()
+        return together
+
+    together = asyncio.run(main())
+    assert model.calls == [1, 1, 2] and sizes == [1, 1, 2, 1]
+    assert [a[0][0][0] for a in together] == [6, 8]
 
 
 def test_a_failing_group_fails_only_its_own_requests():
@@ -260,18 +306,32 @@ def test_a_lean_replica_keeps_pandas_out_through_rays_own_setup_hook_variable():
 
 def test_serve_tags_each_route_as_before_with_the_infer_routes_tried_first():
     from fastapi import FastAPI
-    from ray.serve._private.thirdparty.get_asgi_route_name import get_asgi_route_name
+    from ray.serve._private.thirdparty.get_asgi_route_name import (extract_route_patterns,
+                                                                   get_asgi_route_name)
 
-    app = FastAPI()
+    from serve_apps.inference import api  # as Serve's ingress left it: routes in a router
+
+    plain = FastAPI()  # and one with its routes at the top
     for method, path in (("get", "/"), ("get", "/versions/{version}"), ("post", "/infer"),
                          ("post", "/versions/{version}/infer")):
-        getattr(app, method)(path)(lambda: None)
-    front = InferFront(None, app)  # type: ignore[arg-type]
-    assert [r.path for r in front.routes][:2] == ["/infer", "/versions/{version}/infer"]
-    for method, path in (("POST", "/infer"), ("POST", "/versions/3/infer"), ("GET", "/"),
-                         ("GET", "/versions/3")):
-        scope = _scope(method, path, root="")
-        assert get_asgi_route_name(front, scope) == get_asgi_route_name(app, scope)
+        getattr(plain, method)(path)(lambda: None)
+    for app in (api, plain):
+        front = InferFront(None, app)  # type: ignore[arg-type]
+        assert [r.path for r in front.routes][:2] == ["/infer", "/versions/{version}/infer"]
+        assert isinstance(front.routes[0], InferRouteTag)  # an infer request: a string test
+        assert extract_route_patterns(front) == extract_route_patterns(app)
+        for root in ("", "/v2/models/m"):
+            for method, path in (
+                    ("POST", "/infer"), ("POST", "/versions/3/infer"), ("GET", "/"),
+                    ("GET", "/versions/3"), ("GET", "/infer"), ("POST", "/infer/"),
+                    ("GET", "/versions/3/infer"), ("POST", "/versions//infer"),
+                    ("POST", "/versions/a/b/infer"), ("PUT", "/versions/3/infer"),
+                    ("GET", "/ready"), ("GET", "/versions/3/ready"), ("GET", "/docs"),
+                    ("GET", "/openapi.json"), ("GET", "/docs/static/x.js")):
+                scope = _scope(method, path, root=root)
+                assert get_asgi_route_name(front, scope) == get_asgi_route_name(app, scope), \
+                    (method, root, path)
+    assert len(InferFront(None, api).routes) > 8  # the included router's routes, spliced in
 
 
 def test_quiet_gc_spaces_out_young_collections_and_freezes_nothing():
@@ -301,3 +361,36 @@ def test_a_lean_replica_keeps_the_deploying_jobs_runtime_env_and_its_setup_hook(
     assert job["env_vars"] == {"MAAS_MODEL_KEY": "k"}  # the job's own dict is left alone
     theirs = made_lean({"env_vars": {WORKER_PROCESS_SETUP_HOOK_ENV: "theirs.hook"}})
     assert theirs["env_vars"][WORKER_PROCESS_SETUP_HOOK_ENV] == "theirs.hook"
+
+
+def test_a_body_read_times_out_with_408_and_leaves_other_cancellations_alone():
+    from serve_apps.http import read_capped
+
+    async def drip():  # the first byte, then nothing more
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await asyncio.sleep(30)
+
+    async def whole():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    def read(receive, timeout_s):
+        return read_capped({}, receive, 100, timeout_s, "serve.max_body_bytes", "fix")
+
+    async def main():
+        assert await read(whole, 0.05) == b"{}"
+        await asyncio.sleep(0.1)  # the timer of a finished read never fires into anything
+        with pytest.raises(MaasError) as refused:
+            await asyncio.wait_for(read(drip, 0.05), timeout=5)
+        assert refused.value.status == 408 and "1 bytes received" in refused.value.message
+        sent.clear()
+        other = asyncio.ensure_future(read(drip, 30))
+        await asyncio.sleep(0.05)
+        other.cancel()  # a disconnect or a shutdown: a cancellation, not a 408
+        with pytest.raises(asyncio.CancelledError):
+            await other
+        assert asyncio.current_task().cancelling() == 0
+
+    sent: list[int] = []
+    asyncio.run(main())
