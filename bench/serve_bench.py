@@ -15,10 +15,9 @@ The peers are pip-installed into their own venvs under bench/out (bench/peers.py
 the project's. Each server is driven by bench/loadgen.py (its own process; wrk by default,
 see --loadgen) with 1-row and 64-row requests at 1, 8, 32 and 128 closed-loop clients.
 Afterwards each server's memory is read from /proc. Ray Serve's own floor is measured in the
-same cluster after maas: a replica
-whose app reads the body and answers ``{}``, at 1 and 32 clients. Prints and saves req/s,
-rows/s, p50/p99 and memory (bench/out/serve_bench.json and .png) and, when every server ran,
-updates bench/RESULTS.md.
+same cluster after maas: a replica whose app reads the body and answers ``{}``, at 1 and 32
+clients. Prints and saves req/s, rows/s, p50/p99 and memory (bench/out/serve_bench.json and
+.png) and, when every server ran, updates bench/RESULTS.md.
 """
 
 from __future__ import annotations

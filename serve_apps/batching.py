@@ -115,15 +115,16 @@ class MicroBatcher:
         replica to share a batch with; then an idle batcher runs it at once where it measured
         cheap, with no queue, future or extra turn of the loop (at 1 client those were a fifth
         of maas's own time per request: py-spy, bench/RESULTS.md)."""
-        rows = _rows(item)
-        if alone and not self._busy and self.wait_s == 0 and self.inline(rows):
-            self._observe(1)
-            loaded, wanted, feeds = item
-            started = time.perf_counter()
-            try:
-                return loaded.run(list(wanted), feeds)
-            finally:
-                self._learn(rows, time.perf_counter() - started, True)
+        if alone and not self._busy and self.wait_s == 0:
+            rows = _rows(item)
+            if self.inline(rows):
+                self._observe(1)
+                loaded, wanted, feeds = item
+                started = time.perf_counter()
+                try:
+                    return loaded.run(list(wanted), feeds)
+                finally:
+                    self._learn(rows, time.perf_counter() - started, True)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((item, future))

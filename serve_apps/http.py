@@ -81,8 +81,13 @@ async def read_capped(headers: Mapping[str, str], receive: Receive, limit: int,
     # Python (that was ~20 µs of a request at 1 client, py-spy): every infer request pays it.
     task, expired = asyncio.current_task(), []
     cancelling = task.cancelling() if task is not None else 0
-    deadline = asyncio.get_running_loop().call_later(
-        timeout_s, lambda: task is not None and (expired.append(True), task.cancel()))
+
+    def expire() -> None:
+        if task is not None:
+            expired.append(True)
+            task.cancel()
+
+    deadline = asyncio.get_running_loop().call_later(timeout_s, expire)
     try:
         while True:
             message = await receive()
