@@ -52,9 +52,12 @@ down: setup
 
 # Unit, integration and reliability tests share one pytest session (one Ray cluster); the e2e
 # test starts and stops its own head with `maas up`/`maas down`, so it runs in a session of its own.
+# Both use one new cache of built LLMs (MAAS_CACHE_DIR): the LLM is built once per run, by the
+# first session's build tests, and the e2e's pipelines reuse it.
 test: setup
-	$(PYTEST) tests/unit tests/integration tests/reliability
-	$(PYTEST) tests/e2e
+	cache="$$(mktemp -d)"; trap 'rm -rf "$$cache"' EXIT; \
+	MAAS_CACHE_DIR="$$cache" $(PYTEST) tests/unit tests/integration tests/reliability && \
+	MAAS_CACHE_DIR="$$cache" $(PYTEST) tests/e2e
 
 test-unit: setup
 	$(PYTEST) tests/unit

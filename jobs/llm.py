@@ -5,11 +5,12 @@ build -> measure -> register -> serve -> ask.
 
 The model (a GGUF file, a Hugging Face directory, or a package shipping one) is converted once
 and built by the onnxruntime-genai builder at fp32 and each ``optimize.variants`` precision,
-all cached under ``state_dir/cache/llm`` by the source's sha256, so a second run only
-measures. Every variant is scored on the held-out text shipped with maas (maas.llm.measure);
-the one ``optimize.select`` picks among those that pass ``pretrained.chat``'s gate is
-registered with every file the engine needs as verified assets (maas.llm.files). The smoke
-request asks the served model for the capital of France at temperature 0.
+all cached under ``cache_dir/llm`` (default ``state_dir/cache``) by the source's sha256, so
+a second run only measures. Every variant is scored on the held-out text shipped with maas
+(maas.llm.measure); the one ``optimize.select`` picks among those that pass
+``pretrained.chat``'s gate is registered with every file the engine needs as verified assets
+(maas.llm.files). The smoke request asks the served model for the capital of France at
+temperature 0.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def build_variants(model_cfg: ModelConfig, cfg: DeployConfig, clock: StageClock,
     settings = model_cfg.pretrained
     with clock.stage(number, title) as stage:
         try:
-            built = measure.build(settings, model_cfg.optimize, cfg.state_path / "cache" / "llm",
+            built = measure.build(settings, model_cfg.optimize, cfg.cache_path / "llm",
                                   model_cfg.serve.ort_threads)
         except LlmError as exc:
             raise PipelineError(f"{model_cfg.name}: {exc}") from None

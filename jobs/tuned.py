@@ -46,7 +46,7 @@ def finetune_stage(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
     """Stage 1a: Ray Train on the base ``source``, with a progress bar of optimizer steps;
     ``callbacks`` also get every step's report."""
     ft = model_cfg.finetune
-    base_hf = hf_dir(source, cfg.state_path / "cache" / "llm")
+    base_hf = hf_dir(source, cfg.cache_path / "llm")
     steps = planned_steps(ft, len(data.train), ft.workers)[1]
     with clock.stage(1, "fine-tune", spinner=False) as stage:
         with TrainingBar(clock.console, tracker.uri, run_id, model_cfg.name, steps,
@@ -88,7 +88,7 @@ def _base_version(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
         if (info.lineage.get("role") == BASE_ROLE and info.data_fingerprint == source.sha256
                 and info.variant == precision):
             return info
-    folder, _ = variant_dir(source, precision, cfg.state_path / "cache" / "llm")
+    folder, _ = variant_dir(source, precision, cfg.cache_path / "llm")
     metrics = base.metrics() | {"context_length": float(files.context_length(folder))}
     info = register_llm(model_cfg, folder, precision, source.sha256, metrics, run_id,
                         f"base {model_cfg.pretrained.model}",
@@ -121,7 +121,7 @@ def build_and_compare(cfg: DeployConfig, model_cfg: ModelConfig, source: Source,
     built = build_variants(tuned_cfg, cfg, clock, number=1, title="build")
     with clock.stage(1, "compare") as stage:
         threads = model_cfg.serve.ort_threads
-        base_folder, _ = variant_dir(source, built.chosen.name, cfg.state_path / "cache" / "llm")
+        base_folder, _ = variant_dir(source, built.chosen.name, cfg.cache_path / "llm")
         context = ft.max_length + ft.eval_max_tokens
         base = evaluate(base_folder, data.heldout, ft.eval_max_tokens, threads, context)
         tuned = evaluate(built.chosen.folder, data.heldout, ft.eval_max_tokens, threads, context)

@@ -115,6 +115,17 @@ def until(check, timeout_s: float = 20.0, every_s: float = 0.2):
     return value
 
 
+def delete_apps(*names: str, timeout_s: float = 60.0) -> None:
+    """Delete Serve apps ``names`` together and wait until they are gone. (serve.delete waits
+    for one app at a time and checks once a second: ~2 s an app, a minute over the suite.)"""
+    from ray import serve
+
+    for name in names:
+        serve.delete(name, _blocking=False)
+    left = until(lambda: not set(names) & set(serve.status().applications), timeout_s, 0.1)
+    assert left, f"Serve apps still there after {timeout_s:.0f} s: {names}"
+
+
 def files_containing(folders: list[Path], needle: bytes) -> list[Path]:
     """Every file under ``folders`` whose bytes contain ``needle`` (logs, stores, payloads)."""
     found = []
@@ -139,7 +150,9 @@ def llm_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def llm_cache(llm_state: Path) -> Path:
-    return llm_state / "cache" / "llm"  # where jobs.llm builds for state_dir llm_state
+    """Where jobs.llm builds for state_dir ``llm_state``: under $MAAS_CACHE_DIR when set (`make
+    test` shares one with the e2e session, so the LLM is built once per run)."""
+    return DeployConfig(state_dir=str(llm_state), models=[{"name": "x"}]).cache_path / "llm"
 
 
 @pytest.fixture(scope="session")

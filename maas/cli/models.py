@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from maas.cli.common import ConfigOption, JsonOption, console, echo_json, guarded, load, print_table
+from maas.cli.common import (ConfigOption, JsonOption, console, echo_json, guarded, load,
+                             print_table, registry_reader)
 from maas.config import DeployConfig
 
 if TYPE_CHECKING:
-    from maas.registry import Registry
+    from maas.registry import Registry, RegistryReader
 
 models_app = typer.Typer(no_args_is_help=True,
                          help="Registered models: versions, aliases, promote and roll back.")
@@ -33,10 +34,24 @@ def _registry(config: Path) -> Registry:
     return Registry(sqlite_uri(state))
 
 
+def _reads(config: Path) -> Registry | RegistryReader:
+    """What ``list`` and ``show`` read with: the registry's database straight, where it can
+    be (maas.cli.common.registry_reader), else MLflow's client."""
+    from maas.config import RegistryConfig, expand_state_dir, sqlite_uri
+
+    if config.exists():
+        cfg = load(config)
+        uri, key_env = cfg.registry_uri, cfg.registry.key_env
+    else:  # as _registry: the default state_dir's database
+        uri = sqlite_uri(expand_state_dir(DeployConfig.model_fields["state_dir"].default))
+        key_env = RegistryConfig.model_fields["key_env"].default
+    return registry_reader(uri, key_env) or _registry(config)
+
+
 @models_app.command("list")
 def models_list(config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
     """Every registered model with its production and canary versions."""
-    models = guarded(lambda: _registry(config).models())
+    models = guarded(lambda: _reads(config).models())
     if as_json:
         echo_json([m.model_dump() for m in models])
         return
@@ -53,7 +68,7 @@ def models_list(config: Path = ConfigOption, as_json: bool = JsonOption) -> None
 @models_app.command("show")
 def models_show(name: str, config: Path = ConfigOption, as_json: bool = JsonOption) -> None:
     """One model's versions: aliases, variant, held-out metrics, hashes, source run."""
-    registry = _registry(config)
+    registry = _reads(config)
     versions = guarded(lambda: registry.versions(name))
     if as_json:
         echo_json({"name": name, "versions": [v.model_dump() for v in versions]})

@@ -20,7 +20,7 @@ import typer
 from rich.table import Table
 
 from maas.cli.common import (ConfigOption, JsonOption, access_store, deploy_config, echo_json,
-                             parse_option, print_table)
+                             parse_option, print_table, registry_reader)
 
 if TYPE_CHECKING:  # maas.catalog loads the registry (MLflow): only the commands that need it
     from maas.catalog import Price
@@ -82,7 +82,8 @@ def catalog(tenant: Optional[str] = typer.Option(None, "--tenant", "-t",
     if tenant is not None:
         live = [k for k in store.keys(tenant) if k.revoked_at is None]
         visible = lambda name: any(k.allows(name) for k in live)  # noqa: E731
-    cards = build(entries(cfg), Registry.from_config(cfg), store, visible)
+    registry = registry_reader(cfg.registry_uri, cfg.registry.key_env)
+    cards = build(entries(cfg), registry or Registry.from_config(cfg), store, visible)
     if as_json:
         echo_json([c.model_dump(mode="json") for c in cards])
         return

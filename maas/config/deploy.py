@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,10 @@ from maas.config.optimize import (PRETRAINED_VARIANTS, TRAINED_VARIANTS, ExportC
                                   OptimizeConfig, PretrainedConfig)
 from maas.config.serve import PromotionConfig, ServeConfig
 from maas.config.train import DataConfig, ModelArchConfig, TrainConfig
+
+
+# Names a shared cache of built LLMs; wins over cache_dir (as RAY_ADDRESS over cluster.address).
+CACHE_ENV = "MAAS_CACHE_DIR"
 
 
 class ClusterConfig(StrictModel):
@@ -159,6 +164,11 @@ class DeployConfig(StrictModel):
     state_dir: str = Field("~/.maas", min_length=1,
                            description="Ray Train runs, the MLflow database and its artifacts, "
                                        "the access store; '~' expands where it is read")
+    cache_dir: str | None = Field(
+        None, min_length=1,
+        description="built LLMs (converted checkpoints and ONNX variants, each keyed by its "
+                    "source file's sha256), shareable by any number of state dirs; unset: "
+                    f"state_dir/cache. {CACHE_ENV} in the environment wins")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="where Ray runs")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow runs")
     registry: RegistryConfig = Field(default_factory=RegistryConfig,
@@ -189,6 +199,13 @@ class DeployConfig(StrictModel):
     def state_path(self) -> Path:
         """``state_dir`` with ``~`` expanded, resolved on the machine that reads it."""
         return expand_state_dir(self.state_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        """Where built LLMs are kept: ``$MAAS_CACHE_DIR``, else ``cache_dir``, else
+        ``state_dir/cache`` (read where it is called, like ``state_path``)."""
+        chosen = os.environ.get(CACHE_ENV) or self.cache_dir
+        return expand_state_dir(chosen) if chosen else self.state_path / "cache"
 
     @property
     def tracking_uri(self) -> str:

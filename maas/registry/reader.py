@@ -1,4 +1,4 @@
-"""What a replica reads from the registry, without MLflow in the replica.
+"""What a replica (and ``maas models list|show``) reads from the registry, without MLflow.
 
 A serving replica only reads: the aliases, the version numbers, one version's tags and its
 verified files. Through MLflow's client that costs ~75 MiB of resident memory per replica
@@ -20,8 +20,8 @@ from types import SimpleNamespace
 from typing import Any, Protocol
 
 from maas.registry.artifacts import Artifacts
-from maas.registry.versions import (MAX_VERSION, ModelNotFound, RegistryError, VersionInfo,
-                                    no_version, resolve, version_info)
+from maas.registry.versions import (MAX_VERSION, ModelNotFound, ModelSummary, RegistryError,
+                                    VersionInfo, millis_iso, no_version, resolve, version_info)
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # MLflow's single-tenant rows (mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME); MLflow's
@@ -72,7 +72,7 @@ def _tables() -> dict[str, Any]:
     def table(name: str, *columns: str) -> Any:
         return sa.table(name, *(sa.column(c) for c in (*columns, "name", "workspace")))
 
-    return {"models": table("registered_models"),
+    return {"models": table("registered_models", "description", "last_updated_time"),
             "aliases": table("registered_model_aliases", "alias", "version"),
             "versions": table("model_versions", "version", "creation_time", "description",
                               "run_id", "source", "current_stage"),
@@ -155,6 +155,23 @@ class RegistryReader:
         return version_info(SimpleNamespace(
             name=model, version=version, creation_timestamp=created, description=description,
             run_id=run_id, source=source, tags=tags), aliases)
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of ``name``, oldest first (ModelNotFound when it is not registered)."""
+        self.aliases(name)  # raises ModelNotFound, as MLflow's client does
+        return [self.get(name, number) for number in self.version_numbers(name)]
+
+    def models(self) -> list[ModelSummary]:
+        """Every registered model, by name, with its aliases and version count."""
+        summaries = []
+        for name, description, updated in self._rows(
+                select("models", ("name", "description", "last_updated_time"))):
+            numbers = self.version_numbers(name)
+            summaries.append(ModelSummary(
+                name=name, description=description or "", aliases=self.aliases(name),
+                versions=len(numbers), latest_version=max(numbers, default=None),
+                updated_at=millis_iso(updated)))
+        return summaries
 
     def load(self, info: VersionInfo) -> bytes:
         """The verified ONNX bytes of ``info``, decrypted in memory when stored encrypted."""

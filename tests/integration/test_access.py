@@ -18,7 +18,7 @@ from maas.access import AccessStore, Quota
 from maas.config import DeployConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import files_containing, register_versions, until
+from tests.conftest import delete_apps, files_containing, register_versions, until
 
 pytestmark = pytest.mark.integration
 NAME = "gated"
@@ -30,7 +30,6 @@ TERMS = {"license": "CC-BY-4.0", "allowed_uses": ["testing"],
 def gated(deploy_cfg, tmp_path_factory):
     """Model ``gated`` with an agreement, on 2 replicas, behind the access gate; ``other`` is
     in the catalog only. Apps are deleted after the module."""
-    from ray import serve
 
     state = tmp_path_factory.mktemp("access-state")
     data = deploy_cfg.model_dump(mode="json")
@@ -47,8 +46,7 @@ def gated(deploy_cfg, tmp_path_factory):
     wait_for_version(cfg, cfg.model(NAME), 1)
     yield {"cfg": cfg, "store": AccessStore(cfg.access_store), "x": splits.x_test,
            "base": f"http://127.0.0.1:{cfg.cluster.http_port}", "state": Path(state)}
-    serve.delete(model_app_name(NAME))
-    serve.delete(SERVER_APP)
+    delete_apps(model_app_name(NAME), SERVER_APP)
 
 
 def _key(gated, tenant: str, models=(NAME,), accept: bool = True, log_payloads: bool = True,

@@ -14,7 +14,7 @@ pytest.importorskip("transformers", reason="needs the text extra: pip install ma
 from maas.access import AccessStore, onboard  # noqa: E402
 from maas.config import DeployConfig  # noqa: E402
 from maas.routes import OPENAI_APP, SERVER_APP, model_app_name  # noqa: E402
-from tests.conftest import until  # noqa: E402
+from tests.conftest import delete_apps, until  # noqa: E402
 
 pytestmark = pytest.mark.integration
 NAME = "minilm"
@@ -29,7 +29,6 @@ QUERIES = ["How do I reset my password?", "Ray Serve autoscales replicas under l
 def embedder(deploy_cfg, tmp_path_factory):
     """all-MiniLM-L6-v2 through the whole pipeline, int8 chosen (select: smallest), served
     behind the access gate; a key of tenant `search-co` with the agreement accepted."""
-    from ray import serve
 
     from jobs.pipeline import run_pipeline
     from maas import embedder, pretrained
@@ -51,8 +50,7 @@ def embedder(deploy_cfg, tmp_path_factory):
     reference = embedder.reference_embeddings(model_dir, QUERIES, 256)
     yield {"cfg": cfg, "report": report, "key": key, "store": store, "reference": reference,
            "base": f"http://127.0.0.1:{cfg.cluster.http_port}"}
-    for app in (model_app_name(NAME), OPENAI_APP, SERVER_APP):
-        serve.delete(app)
+    delete_apps(model_app_name(NAME), OPENAI_APP, SERVER_APP)
 
 
 def _client(embedder, key=None):

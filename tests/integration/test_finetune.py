@@ -20,7 +20,7 @@ from maas.config import DeployConfig  # noqa: E402
 from maas.finetune import orders  # noqa: E402
 from maas.registry import Registry  # noqa: E402
 from maas.routes import OPENAI_APP, OPENAI_ROUTE, model_app_name, model_route  # noqa: E402
-from tests.conftest import files_containing, until  # noqa: E402
+from tests.conftest import delete_apps, files_containing, until  # noqa: E402
 from tests.reliability.training import train_workers  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -109,9 +109,10 @@ def service(deploy_cfg, llm_state, llm_int4_dir, tmp_path_factory):
     yield {"cfg": cfg, "client": client, "stranger": OpenAI(base_url=url, api_key=stranger,
                                                             max_retries=0, timeout=60),
            "key": key, "job": job, "train": train, "splits": splits, "killed": killed}
-    serve.delete(OPENAI_APP)
+    apps = [OPENAI_APP]
     if job and job.fine_tuned_model:
-        serve.delete(model_app_name(f"ft-{job.fine_tuned_model.rsplit(':', 1)[1]}"))
+        apps.append(model_app_name(f"ft-{job.fine_tuned_model.rsplit(':', 1)[1]}"))
+    delete_apps(*apps)
 
 
 def test_the_job_succeeds_after_a_killed_worker_resumes_and_the_loss_went_down(service):

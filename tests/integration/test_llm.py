@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime_genai", reason="needs the llm extra: pip instal
 from maas.access import AccessStore, onboard  # noqa: E402
 from maas.config import DeployConfig  # noqa: E402
 from maas.routes import OPENAI_APP, SERVER_APP, model_app_name, model_route  # noqa: E402
-from tests.conftest import until  # noqa: E402
+from tests.conftest import delete_apps, until  # noqa: E402
 
 pytestmark = pytest.mark.integration
 NAME = "chat"
@@ -27,7 +27,6 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 def llm(deploy_cfg, llm_state, llm_int4_dir):
     """The LLM through the whole pipeline (its build cached by the session), behind the access
     gate; tenant `acme` with the agreement accepted, tenant `stranger` without."""
-    from ray import serve
 
     from jobs.pipeline import run_pipeline
 
@@ -47,8 +46,7 @@ def llm(deploy_cfg, llm_state, llm_int4_dir):
     stranger, _ = store.create_key("stranger", [NAME])
     yield {"cfg": cfg, "report": report, "key": key, "stranger": stranger, "store": store,
            "base": f"http://127.0.0.1:{cfg.cluster.http_port}", "dir": llm_int4_dir}
-    for app in (model_app_name(NAME), OPENAI_APP, SERVER_APP):
-        serve.delete(app)
+    delete_apps(model_app_name(NAME), OPENAI_APP, SERVER_APP)
 
 
 def _client(llm, key=None):

@@ -11,6 +11,7 @@ from maas.runtime import ort_session
 from maas.registry import Registry, config_hash
 from serve_apps.deploy import wait_for_version
 from maas.routes import SERVER_APP, model_app_name
+from tests.conftest import delete_apps
 
 pytestmark = pytest.mark.integration
 
@@ -18,14 +19,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def report(deploy_cfg):
     """One full pipeline run; its Serve apps are deleted when this module's tests are done."""
-    from ray import serve
 
     from jobs.pipeline import run_pipeline
 
     (result,) = run_pipeline(deploy_cfg)
     yield result
-    serve.delete(model_app_name("digits"))
-    serve.delete(SERVER_APP)
+    delete_apps(model_app_name("digits"), SERVER_APP)
 
 
 @pytest.fixture(scope="module")

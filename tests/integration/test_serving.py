@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import register_versions
+from tests.conftest import delete_apps, register_versions
 from maas.config import ModelConfig
 from maas.runtime import ort_session
 from maas.registry import CANARY
@@ -32,7 +32,6 @@ def _model_cfg(**serve) -> ModelConfig:
 def served(deploy_cfg, tmp_path_factory):
     """Two registered versions of a small digits MLP (different seeds), version 1 in
     production and served; the app is deleted after the module."""
-    from ray import serve
 
     folder = tmp_path_factory.mktemp("served")
     registry, splits = register_versions(deploy_cfg, NAME, [0, 1], folder)
@@ -41,8 +40,7 @@ def served(deploy_cfg, tmp_path_factory):
     sessions = {v: ort_session(registry.load(registry.get(NAME, v))) for v in (1, 2)}
     yield {"registry": registry, "splits": splits, "sessions": sessions, "folder": folder,
            "base": f"http://127.0.0.1:{deploy_cfg.cluster.http_port}"}
-    serve.delete(model_app_name(NAME))
-    serve.delete(SERVER_APP)
+    delete_apps(model_app_name(NAME), SERVER_APP)
 
 
 def _body(rows: np.ndarray, **extra) -> dict:
@@ -226,14 +224,13 @@ def test_replicas_scale_up_under_load_and_back_down(served, deploy_cfg):
     try:
         assert running() == 1, "no scale-down after the load stopped"
     finally:
-        serve.delete(app_name)
+        delete_apps(app_name)
 
 
 def test_a_full_replica_refuses_at_once_with_503_and_retry_after(served, deploy_cfg):
     """One request at a time and a queue of one: two requests whose bodies are still on the
     way hold the replica and its queue, so the next is refused at once, with Retry-After;
     once they go, requests are answered again."""
-    from ray import serve
 
     registry = served["registry"]
     current = registry.get(NAME, 1)
@@ -278,4 +275,4 @@ def test_a_full_replica_refuses_at_once_with_503_and_retry_after(served, deploy_
             assert time.monotonic() < deadline, "still refused after the held requests left"
             time.sleep(0.2)
     finally:
-        serve.delete(model_app_name("bounded"))
+        delete_apps(model_app_name("bounded"))

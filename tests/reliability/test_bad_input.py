@@ -14,7 +14,7 @@ import requests
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import register_versions
+from tests.conftest import delete_apps, register_versions
 from tests.reliability.conftest import rss_growth, serve_rss_mb
 
 pytestmark = pytest.mark.reliability
@@ -76,7 +76,6 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def picky(deploy_cfg, tmp_path_factory):
-    from ray import serve
 
     register_versions(deploy_cfg, NAME, [0], tmp_path_factory.mktemp("picky"))
     model = ModelConfig(name=NAME, serve={"cpus_per_replica": 0.2, "max_body_bytes": 2**20,
@@ -84,8 +83,7 @@ def picky(deploy_cfg, tmp_path_factory):
     url = deploy_model(deploy_cfg, model)
     wait_for_version(deploy_cfg, model, 1)
     yield url
-    serve.delete(APP)
-    serve.delete(SERVER_APP)
+    delete_apps(APP, SERVER_APP)
 
 
 def _answer_if_wrong(url: str, session: requests.Session, case: tuple) -> str | None:

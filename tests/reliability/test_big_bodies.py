@@ -8,7 +8,7 @@ import requests
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import register_versions
+from tests.conftest import delete_apps, register_versions
 from tests.reliability.conftest import MB, rss_growth, serve_rss_mb
 
 pytestmark = pytest.mark.reliability
@@ -22,7 +22,6 @@ BOUND_MB = 60
 
 def test_100_mb_bodies_are_refused_and_memory_stays_bounded(deploy_cfg, tmp_path_factory,
                                                             figures):
-    from ray import serve
 
     register_versions(deploy_cfg, NAME, [0], tmp_path_factory.mktemp("bulky"))
     model = ModelConfig(name=NAME, serve={"cpus_per_replica": 0.2})
@@ -48,8 +47,7 @@ def test_100_mb_bodies_are_refused_and_memory_stays_bounded(deploy_cfg, tmp_path
         ok = requests.post(url, timeout=30, json={"inputs": [{
             "name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]})
     finally:
-        serve.delete(APP)
-        serve.delete(SERVER_APP)
+        delete_apps(APP, SERVER_APP)
 
     growth = {"declared": rss_growth(after_declared, before),
               "chunked": rss_growth(after_chunked, after_declared)}

@@ -9,7 +9,7 @@ import pytest
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name, model_route
-from tests.conftest import register_versions
+from tests.conftest import delete_apps, register_versions
 from serve_apps.openapi import SERVER_TAG
 from tests.reliability.fuzz import fuzz_document
 
@@ -20,7 +20,6 @@ WANT_CASES = 1000
 
 @pytest.fixture(scope="module")
 def served(deploy_cfg, tmp_path_factory):
-    from ray import serve
 
     register_versions(deploy_cfg, NAME, [0, 1], tmp_path_factory.mktemp("fuzzed"))
     model = ModelConfig(name=NAME, serve={"cpus_per_replica": 0.2})
@@ -28,8 +27,7 @@ def served(deploy_cfg, tmp_path_factory):
     wait_for_version(deploy_cfg, model, 1)
     root = deploy_cfg.cluster.base_url
     yield {"model": f"{root}{model_route(NAME)}", "server": root}
-    serve.delete(model_app_name(NAME))
-    serve.delete(SERVER_APP)
+    delete_apps(model_app_name(NAME), SERVER_APP)
 
 
 def test_generated_requests_get_no_5xx_and_match_the_documents(served, figures):

@@ -17,7 +17,7 @@ import pytest
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import register_versions
+from tests.conftest import delete_apps, register_versions
 from tests.reliability.traffic import Load
 from tests.reliability.training import (assert_resumed_and_met_the_bar, train_through,
                                         train_workers)
@@ -109,7 +109,6 @@ def _replica_nodes() -> dict[int, str]:
 
 
 def test_serving_goes_on_when_a_node_is_lost(worker_node, deploy_cfg, tmp_path, figures):
-    from ray import serve
 
     _, splits = register_versions(deploy_cfg, NAME, [0], tmp_path)
     # Serve spreads replicas over nodes: one lands on the worker node.
@@ -136,8 +135,7 @@ def test_serving_goes_on_when_a_node_is_lost(worker_node, deploy_cfg, tmp_path, 
                 time.sleep(0.5)
             load.until(load.sent + 1000)
     finally:
-        serve.delete(APP)
-        serve.delete(SERVER_APP)
+        delete_apps(APP, SERVER_APP)
     figures.append(load.row("lose a worker node while serving",
                             "SIGKILL every process of the node holding 1 of 2 replicas", recovery,
                             f"; node declared dead after {detected:.0f} s"))

@@ -11,7 +11,7 @@ from maas.access import AccessStore, onboard
 from maas.config import DeployConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import files_containing, register_versions
+from tests.conftest import delete_apps, files_containing, register_versions
 
 pytestmark = pytest.mark.reliability
 NAME = "secretive"
@@ -19,7 +19,6 @@ NAME = "secretive"
 
 def test_no_secret_reaches_a_log_or_an_error_body(deploy_cfg, tmp_path_factory, figures):
     import ray
-    from ray import serve
 
     state = tmp_path_factory.mktemp("secrets-state")
     data = deploy_cfg.model_dump(mode="json") | {
@@ -56,8 +55,7 @@ def test_no_secret_reaches_a_log_or_an_error_body(deploy_cfg, tmp_path_factory, 
             secrets.append(token_file.read_bytes().strip())
         leaks = {s[:6]: files_containing([logs, state], s) for s in secrets}
     finally:
-        serve.delete(model_app_name(NAME))
-        serve.delete(SERVER_APP)
+        delete_apps(model_app_name(NAME), SERVER_APP)
     figures.append({"test": "secrets in logs", "fault": "good, wrong, revoked, doubled keys",
                     "load": f"{sent} requests; Ray session logs and state dir searched",
                     "sent": sent, "failed": sum(len(v) for v in leaks.values()), "retries": 0,

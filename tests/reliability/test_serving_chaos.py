@@ -11,7 +11,7 @@ import pytest
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import register_versions
+from tests.conftest import delete_apps, register_versions
 from tests.reliability.traffic import Load
 
 pytestmark = pytest.mark.reliability
@@ -35,7 +35,6 @@ def _running() -> int:
 
 @pytest.fixture(scope="module")
 def chaos(deploy_cfg, tmp_path_factory):
-    from ray import serve
 
     registry, splits = register_versions(deploy_cfg, NAME, [0, 1],
                                          tmp_path_factory.mktemp("chaos"))
@@ -47,8 +46,7 @@ def chaos(deploy_cfg, tmp_path_factory):
     yield {"url": url, "registry": registry, "model": model,
            "body": {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                                 "data": x.tolist()}]}}
-    serve.delete(APP)
-    serve.delete(SERVER_APP)
+    delete_apps(APP, SERVER_APP)
 
 
 def _recover(pids_before: list[int], class_name: str, want: int, timeout_s: float) -> float:

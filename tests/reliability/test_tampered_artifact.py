@@ -12,7 +12,7 @@ from maas.config import ModelConfig
 from maas.registry import IntegrityError
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import register_versions
+from tests.conftest import delete_apps, register_versions
 
 pytestmark = pytest.mark.reliability
 NAME = "tampered"
@@ -20,7 +20,6 @@ APP = model_app_name(NAME)
 
 
 def test_a_tampered_artifact_is_refused_while_production_serves(deploy_cfg, tmp_path, figures):
-    from ray import serve
 
     registry, splits = register_versions(deploy_cfg, NAME, [0, 1], tmp_path)
     model = ModelConfig(name=NAME, serve={"cpus_per_replica": 0.2})
@@ -45,8 +44,7 @@ def test_a_tampered_artifact_is_refused_while_production_serves(deploy_cfg, tmp_
             promote_refused = True
         production = requests.post(url, json=body, timeout=30)
     finally:
-        serve.delete(APP)
-        serve.delete(SERVER_APP)
+        delete_apps(APP, SERVER_APP)
 
     checks = {
         "infer on the tampered version is 503 naming both hashes":

@@ -17,6 +17,7 @@ from jobs.train import run_training
 from maas.config import parse_config
 from maas.routes import SERVER_APP
 from maas.data import load_splits
+from tests.conftest import delete_apps
 from tests.reliability.training import (MLP, assert_resumed_and_met_the_bar,
                                         latest_checkpoint_epoch, train_through, train_workers,
                                         wait_for_checkpoint)
@@ -40,7 +41,6 @@ def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(serve_port, tmp
 def test_killed_driver_resumes_by_run_name(serve_port, tmp_path, figures):
     import ray
     from mlflow.tracking import MlflowClient
-    from ray import serve
 
     from jobs.pipeline import run_pipeline
 
@@ -84,8 +84,7 @@ def test_killed_driver_resumes_by_run_name(serve_port, tmp_path, figures):
         assert max(restored) >= 1 and max(restored) <= interrupted_at
         assert run.info.status == "FINISHED"
     finally:
-        serve.delete("model-digits")
-        serve.delete(SERVER_APP)
+        delete_apps("model-digits", SERVER_APP)
 
 
 def test_a_torn_ray_snapshot_still_resumes_from_the_newest_checkpoint(serve_port, tmp_path):

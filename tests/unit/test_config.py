@@ -140,3 +140,16 @@ def test_state_dir_expands_home(monkeypatch, tmp_path):
     cfg = parse_config({"models": [{"name": "m"}]})
     assert cfg.state_path == tmp_path / ".maas"
     assert cfg.tracking_uri == f"sqlite:///{tmp_path / '.maas' / 'mlflow.db'}"
+
+
+def test_the_llm_cache_is_the_environments_then_cache_dir_then_under_state_dir(monkeypatch,
+                                                                               tmp_path):
+    monkeypatch.delenv("MAAS_CACHE_DIR", raising=False)
+    doc = {"state_dir": str(tmp_path / "state"), "models": [{"name": "m"}]}
+    assert parse_config(doc).cache_path == tmp_path / "state" / "cache"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_config(doc | {"cache_dir": "~/shared"}).cache_path == tmp_path / "shared"
+    monkeypatch.setenv("MAAS_CACHE_DIR", str(tmp_path / "env"))
+    assert parse_config(doc | {"cache_dir": "~/shared"}).cache_path == tmp_path / "env"
+    with pytest.raises(ConfigError, match="cache_dir"):
+        parse_config(doc | {"cache_dir": ""})

@@ -56,6 +56,11 @@ def test_every_read_a_replica_makes_matches_mlflows(registry, monkeypatch):
     assert mlflow.aliases("read") == reader.aliases("read") == {"production": 2, "canary": 3}
     assert mlflow.version_numbers("read") == reader.version_numbers("read") == [2, 3, 4]
     assert reader.aliases("empty") == {} and reader.version_numbers("empty") == []
+    # What `maas models list` and `show` print.
+    assert [m.model_dump() for m in reader.models()] == [m.model_dump() for m in mlflow.models()]
+    for name in ("read", "empty", "nope"):
+        assert _outcome(lambda n: [v.model_dump() for v in reader.versions(n)], name) == \
+            _outcome(lambda n: [v.model_dump() for v in mlflow.versions(n)], name), name
     refs = [None, "production", "canary", 2, "3", 4, 1, "1", 99, 2**40, "staging"]
     for name in ("read", "empty", "nope"):
         for ref in refs:
