@@ -22,6 +22,10 @@ class AutoscalingConfig(StrictModel):
                                                             "a replica is added")
     downscale_delay_s: float = Field(30.0, ge=0.0, description="quiet must last this long "
                                                                "before a replica is removed")
+    look_back_period_s: float = Field(
+        30.0, gt=0.0, le=3600.0,
+        description="load is averaged over this window (Ray Serve's default): a shorter one "
+                    "follows a burst's end sooner, a longer one rides out brief dips")
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingConfig:

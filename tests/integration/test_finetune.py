@@ -104,7 +104,7 @@ def service(deploy_cfg, llm_state, llm_int4_dir, tmp_path_factory):
                                          validation_file=validation.id, suffix="orders",
                                          hyperparameters={"n_epochs": 1})
     job = until(lambda: (lambda j: j if j.status in ENDED else None)(
-        client.fine_tuning.jobs.retrieve(job.id)), timeout_s=900, every_s=2.0)
+        client.fine_tuning.jobs.retrieve(job.id)), timeout_s=900, every_s=0.5)
     killer.join(timeout=5)
     yield {"cfg": cfg, "client": client, "stranger": OpenAI(base_url=url, api_key=stranger,
                                                             max_retries=0, timeout=60),

@@ -187,7 +187,9 @@ def test_replicas_scale_up_under_load_and_back_down(served, deploy_cfg):
     registry.promote("scaled", info.version)
     scaled = ModelConfig(name="scaled", serve={
         "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
-                        "upscale_delay_s": 1, "downscale_delay_s": 2},
+                        "upscale_delay_s": 1, "downscale_delay_s": 2,
+                        # averaged over 5 s, not Serve's 30: the load's end shows sooner
+                        "look_back_period_s": 5},
         "batching": {"max_batch_size": 1}})
     url = deploy_model(deploy_cfg, scaled)
     app_name = model_app_name("scaled")

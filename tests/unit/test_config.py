@@ -153,3 +153,17 @@ def test_the_llm_cache_is_the_environments_then_cache_dir_then_under_state_dir(m
     assert parse_config(doc | {"cache_dir": "~/shared"}).cache_path == tmp_path / "env"
     with pytest.raises(ConfigError, match="cache_dir"):
         parse_config(doc | {"cache_dir": ""})
+
+
+def test_autoscaling_goes_to_serve_as_serve_reads_it():
+    """Every autoscaling field is one of Ray Serve's, passed as given (look_back_period_s
+    included: its 30 s default is what a scale-down waits for after a burst)."""
+    from ray.serve.config import AutoscalingConfig as ServeAutoscaling
+
+    serve = parse_config({"models": [{"name": "m", "serve": {"autoscaling": {
+        "min_replicas": 1, "max_replicas": 3, "look_back_period_s": 5}}}]}).models[0].serve
+    options = serve.scaling_options()["autoscaling_config"]
+    assert options["look_back_period_s"] == 5 and "num_replicas" not in serve.scaling_options()
+    assert ServeAutoscaling(**options).look_back_period_s == 5
+    assert parse_config({"models": [{"name": "m", "serve": {"num_replicas": 2}}]}).models[0] \
+        .serve.scaling_options() == {"num_replicas": 2}
