@@ -27,22 +27,20 @@ def test_table_files_load_and_train(serve_port, tmp_path):
     frame = _frame()
     frame.to_csv(tmp_path / "data.csv", index=False)
     frame.to_parquet(tmp_path / "data.parquet")
-    cfg = {}
-    for suffix in ("csv", "parquet"):
-        cfg[suffix] = parse_config({"state_dir": str(tmp_path), "models": [{
-            "name": "table", "data": {"source": f"data.{suffix}", "label_column": "species"},
-            "model": {"hidden": [16]},
-            "train": {"workers": 2, "epochs": 8, "batch_size": 16, "lr": 0.01}}]}).models[0]
-    splits = {suffix: load_splits(model_cfg.data, base_dir=tmp_path)
-              for suffix, model_cfg in cfg.items()}
-    for loaded in splits.values():
+    model_cfg = parse_config({"state_dir": str(tmp_path), "models": [{
+        "name": "table", "data": {"source": "data.parquet", "label_column": "species"},
+        "model": {"hidden": [16]},
+        "train": {"workers": 2, "epochs": 8, "batch_size": 16, "lr": 0.01}}]}).models[0]
+    splits = load_splits(model_cfg.data, base_dir=tmp_path)
+    from_csv = load_splits(model_cfg.data.model_copy(update={"source": "data.csv"}),
+                           base_dir=tmp_path)
+    for loaded in (splits, from_csv):
         assert loaded.n_features == 4 and loaded.n_classes == 3
         assert len(loaded.y_train) + len(loaded.y_val) + len(loaded.y_test) == 300
     for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-        np.testing.assert_allclose(getattr(splits["csv"], part), getattr(splits["parquet"], part),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(getattr(from_csv, part), getattr(splits, part), rtol=1e-6)
 
-    outcome = run_training(cfg["parquet"], splits["parquet"], tmp_path / "train", "table", [])
+    outcome = run_training(model_cfg, splits, tmp_path / "train", "table", [])
     assert outcome.metrics["epoch"] == 7
     assert outcome.metrics["val_accuracy"] > 0.8
 
