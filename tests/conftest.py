@@ -9,6 +9,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +30,66 @@ def metrics_port() -> int:
     return _free_port()
 
 
+class SessionHead:
+    """A Ray head of this test session only (``ray start --head --block``), every port its
+    own: `make test` runs two sessions side by side, each with its head, and Ray's fixed
+    defaults (the dashboard agent's 52365, the client server's 10001) would collide.
+
+    RAY_ADDRESS is set before the head starts, so the head's processes, every Ray worker and
+    every subprocess a test starts know which cluster is theirs: with two on one machine,
+    Ray's own state API calls that leave the address out (Ray Train's placement-group
+    cleaner, ``ray.util.state.list_actors()``) would refuse to guess."""
+
+    def __init__(self, metrics_port: int, log: Path):
+        import ray
+
+        self.address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
+        os.environ["RAY_ADDRESS"] = self.address
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                 "--port", self.address.rsplit(":", 1)[1], "--num-cpus", "2",
+                 "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                 "--dashboard-port", str(_free_port()),
+                 "--dashboard-agent-listen-port", str(_free_port()),
+                 "--ray-client-server-port", str(_free_port()),
+                 "--metrics-export-port", str(metrics_port),
+                 "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats"],
+                env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def connect(self, timeout_s: float = 120.0) -> None:
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while "--block" not in self.log.read_text():  # ray start prints it once all is up
+            assert self.proc.poll() is None and time.monotonic() < deadline, \
+                f"the session's Ray head did not start:\n{self.log.read_text()[-3000:]}"
+            time.sleep(0.1)
+        ray.init(address=self.address)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM to ``ray start --block`` stops its head; what is left gets SIGKILL."""
+        import psutil
+
+        try:
+            left = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            left = []
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        _, alive = psutil.wait_procs(left, timeout=timeout_s)
+        for proc in alive:
+            proc.kill()
+
+
 @pytest.fixture(scope="session")
-def serve_port(metrics_port: int) -> int:
-    """A local Ray cluster and Serve on a free port; both are shut down after the session."""
+def serve_port(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> int:
+    """A Ray head of this session and Serve on a free port; both are stopped after it."""
     from maas.cluster import serve_env
     from maas.config import ClusterConfig
 
@@ -40,16 +100,17 @@ def serve_port(metrics_port: int) -> int:
     import ray
     from ray import serve
 
-    # address="local": a private cluster, even when `maas up` runs one on this machine. The
-    # dashboard serves Ray's state API, which the fault tests use to find worker processes.
-    ray.init(address="local", num_cpus=2, include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=_free_port(),
-             _metrics_export_port=metrics_port)
-    port = _free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-    yield port
-    serve.shutdown()
-    ray.shutdown()
+    # The dashboard serves Ray's state API, which the fault tests use to find worker processes.
+    head = SessionHead(metrics_port, tmp_path_factory.mktemp("ray-head") / "ray-start.log")
+    try:
+        head.connect()
+        port = _free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        yield port
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        head.stop()
 
 
 def export_small_model(path: Path, seed: int = 0) -> Path:

@@ -11,11 +11,16 @@ MB = 2**20
 
 
 def serve_rss_mb(app: str) -> dict[str, int]:
-    """Resident MB of Serve's proxy and of ``app``'s replica(s), summed by kind."""
+    """Resident MB of Serve's proxy and of ``app``'s replica(s), summed by kind: those of this
+    session's cluster only (`make test` runs another beside it)."""
     import psutil
+    from ray.util.state import list_actors
 
+    ours = {a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)}
     seen = {"ProxyActor": 0, "ServeReplica": 0}
-    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+        if proc.info["pid"] not in ours:
+            continue
         # A Ray worker's title names the method it is running (ProxyActor.receive_asgi_messages)
         title = (proc.info["cmdline"] or [""])[0]
         kind = title.removeprefix("ray::").split(".")[0].split(":")[0]
