@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,10 +32,25 @@ def metrics_port() -> int:
     return _free_port()
 
 
+@contextmanager
+def ray_start_record_kept() -> Iterator[None]:
+    """`ray start` records the cluster it started or joined as this machine's current one,
+    which Ray's address="auto" would try after the test ends: put back what was there."""
+    recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    before = recorded.read_bytes() if recorded.exists() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            recorded.unlink(missing_ok=True)
+        else:
+            recorded.write_bytes(before)
+
+
 class SessionHead:
     """A Ray head of this test session only (``ray start --head --block``), every port its
-    own: `make test` runs two sessions side by side, each with its head, and Ray's fixed
-    defaults (the dashboard agent's 52365, the client server's 10001) would collide.
+    own, so that two sessions can run side by side, each with its head: Ray's fixed defaults
+    (the dashboard agent's 52365, the client server's 10001) would collide.
 
     RAY_ADDRESS is set before the head starts, so the head's processes, every Ray worker and
     every subprocess a test starts know which cluster is theirs: with two on one machine,
@@ -101,16 +118,18 @@ def serve_port(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> i
     from ray import serve
 
     # The dashboard serves Ray's state API, which the fault tests use to find worker processes.
-    head = SessionHead(metrics_port, tmp_path_factory.mktemp("ray-head") / "ray-start.log")
-    try:
-        head.connect()
-        port = _free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        yield port
-        serve.shutdown()
-        ray.shutdown()
-    finally:
-        head.stop()
+    with ray_start_record_kept():
+        head = SessionHead(metrics_port, tmp_path_factory.mktemp("ray-head") / "ray-start.log")
+        try:
+            head.connect()
+            port = _free_port()
+            serve.start(proxy_location="HeadOnly",
+                        http_options={"host": "127.0.0.1", "port": port})
+            yield port
+            serve.shutdown()
+            ray.shutdown()
+        finally:
+            head.stop()
 
 
 def export_small_model(path: Path, seed: int = 0) -> Path:

@@ -12,7 +12,7 @@ MB = 2**20
 
 def serve_rss_mb(app: str) -> dict[str, int]:
     """Resident MB of Serve's proxy and of ``app``'s replica(s), summed by kind: those of this
-    session's cluster only (`make test` runs another beside it)."""
+    session's cluster only (another session may run its own beside it)."""
     import psutil
     from ray.util.state import list_actors
 
