@@ -11,9 +11,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,21 +31,6 @@ def metrics_port() -> int:
     return _free_port()
 
 
-@contextmanager
-def ray_start_record_kept() -> Iterator[None]:
-    """`ray start` records the cluster it started or joined as this machine's current one,
-    which Ray's address="auto" would try after the test ends: put back what was there."""
-    recorded = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
-    before = recorded.read_bytes() if recorded.exists() else None
-    try:
-        yield
-    finally:
-        if before is None:
-            recorded.unlink(missing_ok=True)
-        else:
-            recorded.write_bytes(before)
-
-
 class SessionHead:
     """A Ray head of this test session only (``ray start --head --block``), every port its
     own, so that two sessions can run side by side, each with its head: Ray's fixed defaults
@@ -55,13 +39,23 @@ class SessionHead:
     RAY_ADDRESS is set before the head starts, so the head's processes, every Ray worker and
     every subprocess a test starts know which cluster is theirs: with two on one machine,
     Ray's own state API calls that leave the address out (Ray Train's placement-group
-    cleaner, ``ray.util.state.list_actors()``) would refuse to guess."""
+    cleaner, ``ray.util.state.list_actors()``) would refuse to guess.
+
+    Its temp dir is its own too (under Ray's usual one, so its logs are where people look):
+    Ray's job supervisor ignores RAY_ADDRESS and starts every job's driver on the cluster
+    recorded in ``<temp dir>/ray_current_cluster``. In a shared temp dir that is whichever
+    head `ray start` ran last, and a fine-tuning job submitted to this head trained on the
+    other session's cluster and died when that session ended (found in the job's log)."""
 
     def __init__(self, metrics_port: int, log: Path):
         import ray
 
         self.address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
         os.environ["RAY_ADDRESS"] = self.address
+        ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+        ray_tmp.mkdir(mode=0o777, exist_ok=True)
+        # Short: Ray's socket paths go under it, and a Unix socket path ends at 107 bytes.
+        self.temp_dir = tempfile.mkdtemp(prefix="test-", dir=ray_tmp)
         self.log = log
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
@@ -72,7 +66,8 @@ class SessionHead:
                  "--dashboard-agent-listen-port", str(_free_port()),
                  "--ray-client-server-port", str(_free_port()),
                  "--metrics-export-port", str(metrics_port),
-                 "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats"],
+                 "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats",
+                 "--temp-dir", self.temp_dir],
                 env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -118,18 +113,16 @@ def serve_port(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> i
     from ray import serve
 
     # The dashboard serves Ray's state API, which the fault tests use to find worker processes.
-    with ray_start_record_kept():
-        head = SessionHead(metrics_port, tmp_path_factory.mktemp("ray-head") / "ray-start.log")
-        try:
-            head.connect()
-            port = _free_port()
-            serve.start(proxy_location="HeadOnly",
-                        http_options={"host": "127.0.0.1", "port": port})
-            yield port
-            serve.shutdown()
-            ray.shutdown()
-        finally:
-            head.stop()
+    head = SessionHead(metrics_port, tmp_path_factory.mktemp("ray-head") / "ray-start.log")
+    try:
+        head.connect()
+        port = _free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        yield port
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        head.stop()
 
 
 def export_small_model(path: Path, seed: int = 0) -> Path:

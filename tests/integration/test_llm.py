@@ -95,7 +95,12 @@ def test_a_stream_starts_well_before_it_ends_and_bills_what_it_sent(llm):
                 arrivals.append(time.monotonic() - started)
                 text += choice.delta.content
     assert text == whole.choices[0].message.content
-    assert len(arrivals) > 5 and arrivals[0] < arrivals[-1] / 3
+    # Streamed as decoded, not held back: the chunks arrive over at least a third of the time,
+    # and the middle one well before the last (a fixed share for the first token alone would
+    # fail when a busy machine slows the prefill; a response buffered whole, or after its
+    # first token, fails these on any machine).
+    first, middle, last = arrivals[0], arrivals[len(arrivals) // 2], arrivals[-1]
+    assert len(arrivals) > 5 and last - first > last / 3 and last - middle > (last - first) / 4
     assert usage.model_dump() == whole.usage.model_dump()
 
 

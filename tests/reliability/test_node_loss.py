@@ -17,7 +17,7 @@ import pytest
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import delete_apps, ray_start_record_kept, register_versions
+from tests.conftest import delete_apps, register_versions
 from tests.reliability.traffic import Load
 from tests.reliability.training import (assert_resumed_and_met_the_bar, train_through,
                                         train_workers)
@@ -87,10 +87,9 @@ class WorkerNode:
 
 @pytest.fixture
 def worker_node(serve_port, tmp_path):
-    with ray_start_record_kept():
-        node = WorkerNode(tmp_path)
-        yield node
-        node.kill()
+    node = WorkerNode(tmp_path)  # it joins the head's temp dir, and records its cluster there
+    yield node
+    node.kill()
 
 
 def _replica_nodes() -> dict[int, str]:
