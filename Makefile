@@ -50,21 +50,13 @@ up: setup
 down: setup
 	$(BIN)/maas down
 
-# Two pytest sessions side by side, each with its own Ray head (tests/conftest.py): unit and
-# integration tests here, the reliability tests beside them with their output kept until they
-# end (on 2 cores one session alone leaves ~30% of the CPU idle: 20 min -> 12 min measured).
-# The e2e test starts and stops the local head with `maas up`/`maas down` (which stops every
-# Ray process here), so it runs after both, alone. All use one new cache of built LLMs
-# (MAAS_CACHE_DIR): the LLM is built once per run, by the integration session's build tests,
-# and the e2e's pipelines reuse it.
+# Unit, integration and reliability tests share one pytest session (one Ray cluster); the e2e
+# test starts and stops its own head with `maas up`/`maas down`, so it runs in a session of its own.
+# Both use one new cache of built LLMs (MAAS_CACHE_DIR): the LLM is built once per run, by the
+# first session's build tests, and the e2e's pipelines reuse it.
 test: setup
-	cache="$$(mktemp -d)"; reliability="$$(mktemp)"; \
-	trap 'rm -rf "$$cache" "$$reliability"' EXIT; \
-	MAAS_CACHE_DIR="$$cache" $(PYTEST) tests/reliability > "$$reliability" 2>&1 & beside=$$!; \
-	MAAS_CACHE_DIR="$$cache" $(PYTEST) tests/unit tests/integration; first=$$?; \
-	wait $$beside; second=$$?; \
-	echo "tests/reliability (ran beside the tests above):"; cat "$$reliability"; \
-	[ $$first -eq 0 ] && [ $$second -eq 0 ] && \
+	cache="$$(mktemp -d)"; trap 'rm -rf "$$cache"' EXIT; \
+	MAAS_CACHE_DIR="$$cache" $(PYTEST) tests/unit tests/integration tests/reliability && \
 	MAAS_CACHE_DIR="$$cache" $(PYTEST) tests/e2e
 
 test-unit: setup

@@ -148,7 +148,8 @@ def test_over_the_quota_is_429_naming_it_and_its_reset(gated):
 
 
 def test_a_rate_holds_across_two_replicas(gated):
-    """20/s, offered 60/s for 10 s through 2 replicas: about 200 accepted, not 400."""
+    """20/s, offered 60/s for 10 s through 2 replicas: about 200 accepted, not 400. A busy
+    machine can stretch the 10 s schedule, so the bound is 20/s over the time it took."""
     from ray import serve
 
     app = serve.status().applications[model_app_name(NAME)]
@@ -170,8 +171,10 @@ def test_a_rate_holds_across_two_replicas(gated):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    took = time.monotonic() - start
     assert set(results) <= {200, 429} and sum(results.values()) == 600, results
-    assert 180 <= results[200] <= 220, results
+    # A burst of 4 (a fifth of a second), then 20/s; counted per replica it would be twice.
+    assert 180 <= results[200] <= 20 * took * 1.05 + 20, (results, took)
 
 
 def test_usage_counts_equal_the_requests_sent(gated):
