@@ -62,7 +62,8 @@ def serve_env(cfg: ClusterConfig) -> dict[str, str]:
             # HAProxy's per-request metrics are log lines parsed in Python (~0.1 core at
             # 3,000 req/s, measured); the replicas count the same requests themselves.
             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-            "RAY_SERVE_HAPROXY_NBTHREAD": str(cfg.haproxy_threads)}
+            "RAY_SERVE_HAPROXY_NBTHREAD": str(cfg.haproxy_threads),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.haproxy_drain_s)}
 
 
 def _ray_bin(name: str) -> str:

@@ -106,7 +106,8 @@ def serve_port(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> i
     from maas.config import ClusterConfig
 
     # Serve's python proxy here: under HAProxy every deploy and delete took 30-60 s on this
-    # machine, which would double this tier's time. tests/e2e runs the default (haproxy)
+    # machine, which would have doubled this tier's time (Serve held each stopping replica
+    # 30 s; cluster.haproxy_drain_s now makes it 2 s). tests/e2e runs the default (haproxy)
     # through `maas up`, and bench/serve_bench.py measures both.
     os.environ.update(serve_env(ClusterConfig(serve_ingress="python")))
     import ray

@@ -47,6 +47,13 @@ class ClusterConfig(StrictModel):
                     "served ~15% more small requests with a shorter tail, as HAProxy's "
                     "threads no longer compete with the replicas; about 1 per 8 cores of the "
                     "head is plenty")
+    haproxy_drain_s: float = Field(
+        2.0, ge=0, le=600,
+        description="how long a replica being stopped (a delete, a redeploy, a scale-down) "
+                    "keeps taking requests behind HAProxy; Serve's default, 30 s, waits for "
+                    "an outside load balancer to let it go, while the HAProxy that Serve "
+                    "runs on the head is told within a second (deleting an app took 30.5 s "
+                    "here, every time); raise it when a load balancer of yours sits in front")
 
     @property
     def base_url(self) -> str:

@@ -274,15 +274,23 @@ def test_the_cluster_environment_and_the_manifests_install_the_middleware():
     from maas.cluster import serve_env
     from maas.config import ClusterConfig
 
-    env = serve_env(ClusterConfig(haproxy_threads=2))
+    from ray.serve._private import constants
+
+    env = serve_env(ClusterConfig(haproxy_threads=2, haproxy_drain_s=1.5))
     module, _, name = env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
     (middleware,) = getattr(importlib.import_module(module), name)()
     assert middleware.cls is QuickInfer and env["RAY_SERVE_HAPROXY_NBTHREAD"] == "2"
+    # Serve reads each of these by this name (an upgrade of Ray that renames one fails here).
+    source = Path(constants.__file__).read_text()
+    for variable in env:
+        assert f'"{variable}"' in source, f"Serve no longer reads {variable}"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "1.5"
     cluster = Path(__file__).resolve().parents[2] / "cluster"
     for manifest in ("raycluster.yaml", "rayservice.yaml", "cluster.yaml"):
         text = (cluster / manifest).read_text()
         for variable in ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH",
-                         "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD"):
+                         "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD",
+                         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
             assert variable in text, f"cluster/{manifest} does not set {variable}"
 
 
