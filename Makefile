@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Ray reads this when it starts and when clients connect: token auth, always explicit.
 export RAY_AUTH_MODE := token
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900
+# The slowest tests are listed after each run: where make test's time goes, in every CI log.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 --durations=20
 
 .PHONY: setup demo up down test test-unit test-integration test-reliability test-e2e \
 	reliability-report bench docs clean
