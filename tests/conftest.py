@@ -74,11 +74,11 @@ class SessionHead:
     def connect(self, timeout_s: float = 120.0) -> None:
         import ray
 
-        deadline = time.monotonic() + timeout_s
-        while "--block" not in self.log.read_text():  # ray start prints it once all is up
-            assert self.proc.poll() is None and time.monotonic() < deadline, \
-                f"the session's Ray head did not start:\n{self.log.read_text()[-3000:]}"
-            time.sleep(0.1)
+        # `ray start` prints "--block" once all is up; it exits if the head cannot start.
+        until(lambda: self.proc.poll() is not None or "--block" in self.log.read_text(),
+              timeout_s, 0.1)
+        assert self.proc.poll() is None and "--block" in self.log.read_text(), \
+            f"the session's Ray head did not start:\n{self.log.read_text()[-3000:]}"
         ray.init(address=self.address)
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -186,8 +186,6 @@ def deploy_cfg(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Dep
 
 def until(check, timeout_s: float = 20.0, every_s: float = 0.2):
     """Poll ``check`` until it returns something truthy; return that, or the last value."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     value = check()
     while not value and time.monotonic() < deadline:

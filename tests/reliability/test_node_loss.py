@@ -17,7 +17,7 @@ import pytest
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import delete_apps, register_versions
+from tests.conftest import delete_apps, register_versions, until
 from tests.reliability.traffic import Load
 from tests.reliability.training import (assert_resumed_and_met_the_bar, train_through,
                                         train_workers)
@@ -48,16 +48,14 @@ class WorkerNode:
     def _wait_joined(self, timeout_s: float) -> str:
         import ray
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def joined() -> str | None:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            new = [n["NodeID"] for n in ray.nodes()
-                   if n["Alive"] and n["NodeID"] not in self.nodes_before]
-            if new:
-                return new[0]
-            time.sleep(0.5)
-        raise AssertionError(f"worker node not joined in {timeout_s}s: "
-                             f"{self.log.read_text()[-2000:]}")
+            return next((n["NodeID"] for n in ray.nodes()
+                         if n["Alive"] and n["NodeID"] not in self.nodes_before), None)
+
+        node_id = until(joined, timeout_s, 0.5)
+        assert node_id, f"worker node not joined in {timeout_s}s: {self.log.read_text()[-2000:]}"
+        return node_id
 
     def kill(self) -> None:
         """SIGKILL the raylet and every process of the node at once: a machine lost."""
@@ -78,11 +76,9 @@ class WorkerNode:
         import ray
 
         started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == self.node_id):
-                return time.monotonic() - started
-            time.sleep(0.5)
-        return float("inf")
+        gone = until(lambda: not any(n["Alive"] for n in ray.nodes()
+                                     if n["NodeID"] == self.node_id), timeout_s, 0.5)
+        return time.monotonic() - started if gone else float("inf")
 
 
 @pytest.fixture
@@ -118,13 +114,13 @@ def test_serving_goes_on_when_a_node_is_lost(worker_node, deploy_cfg, tmp_path, 
             killed = time.monotonic()
             worker_node.kill()
             detected = worker_node.dead_after(120)
-            recovery = float("inf")
-            while time.monotonic() - killed < 180:
+
+            def moved() -> bool:  # both replicas placed again, none on the lost node
                 now = _replica_nodes()
-                if len(now) == 2 and worker_node.node_id not in now.values():
-                    recovery = time.monotonic() - killed
-                    break
-                time.sleep(0.5)
+                return len(now) == 2 and worker_node.node_id not in now.values()
+
+            on_head = until(moved, 180 - (time.monotonic() - killed), 0.5)
+            recovery = time.monotonic() - killed if on_head else float("inf")
             load.until(load.sent + 1000)
     finally:
         delete_apps(APP, SERVER_APP)

@@ -11,7 +11,7 @@ import pytest
 from maas.config import ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import delete_apps, register_versions
+from tests.conftest import delete_apps, register_versions, until
 from tests.reliability.traffic import Load
 
 pytestmark = pytest.mark.reliability
@@ -52,13 +52,12 @@ def chaos(deploy_cfg, tmp_path_factory):
 def _recover(pids_before: list[int], class_name: str, want: int, timeout_s: float) -> float:
     """Seconds until ``want`` processes of ``class_name`` are alive again, the killed one
     replaced, and the app RUNNING with all its replicas."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
+    def recovered() -> bool:
         pids = _alive(class_name)
-        if len(pids) >= want and pids != pids_before and _running() == 2:
-            return time.monotonic() - started
-        time.sleep(0.2)
-    return float("inf")
+        return len(pids) >= want and pids != pids_before and _running() == 2
+
+    started = time.monotonic()
+    return time.monotonic() - started if until(recovered, timeout_s) else float("inf")
 
 
 def test_killing_one_of_two_replicas_under_load(chaos, figures):
