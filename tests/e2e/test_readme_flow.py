@@ -1,5 +1,6 @@
-"""The README's commands, run as a user runs them: maas up -> ray job submit -> maas run ->
-maas quickstart -> curl with the key -> maas models / usage / catalog -> maas down.
+"""The README's commands, run as a user runs them: maas up -> ray job submit (the digits MLP
+alone) -> maas run deploy.yaml -> maas quickstart -> curl with the key -> maas models / usage /
+catalog -> maas down.
 
 HOME points at a temporary folder, so the Ray token (~/.ray/auth_token) and the maas state
 (~/.maas) of this run never touch the real home. Needs ports 6379, 8000 and 8265 free.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from maas.cluster import ray_processes
 
@@ -76,6 +78,18 @@ def _summary(output: str) -> dict:
     return json.loads(lines[0])
 
 
+def _digits_only(folder: Path) -> Path:
+    """deploy.yaml with its digits MLP alone (no optimize variants, no fine-tuning), written
+    to ``folder``."""
+    doc = yaml.safe_load((REPO / "deploy.yaml").read_text())
+    (digits,) = [m for m in doc["models"] if m["name"] == "digits"]
+    doc["models"] = [digits | {"optimize": digits["optimize"] | {"variants": []}}]
+    doc.pop("fine_tuning")  # it names the chat model, which this file leaves out
+    path = folder / "digits.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def _trained_accuracy(model: dict) -> float:
     """Held-out accuracy of the trained model (the fp32 variant's, when variants ran)."""
     fp32 = [v["metrics"]["accuracy"] for v in model["variants"] if v["name"] == "fp32"]
@@ -83,8 +97,9 @@ def _trained_accuracy(model: dict) -> float:
 
 
 def _check_quiet_run(run: subprocess.CompletedProcess) -> None:
-    """`maas run` shows stage lines, a progress bar per training run and the summary in at
-    most 60 lines; Ray's and the libraries' logs go to the log file it names."""
+    """`maas run --json` shows stage lines and a progress bar per training run on stderr and
+    the summary on stdout, in at most 60 lines; Ray's and the libraries' logs go to the log
+    file it names."""
     lines = (run.stdout + run.stderr).splitlines()
     assert len(lines) <= 60, f"{len(lines)} lines:\n" + "\n".join(lines)
     for model, epochs in (("digits", 20), ("digits-cnn", 15)):
@@ -92,7 +107,7 @@ def _check_quiet_run(run: subprocess.CompletedProcess) -> None:
             rf"\[1/4\] train {model} .*\d+/{epochs} epochs .*samples/s", line)]
         assert len(bars) == 1, "\n".join(lines)
     assert not [line for line in lines if "pid=" in line or " INFO " in line], "\n".join(lines)
-    log = Path(re.search(r"other output in (\S+)", run.stdout).group(1))
+    log = Path(re.search(r"other output in (\S+)", run.stderr).group(1))
     assert log.parent.name == "logs" and "Connecting to existing Ray cluster" in log.read_text()
 
 
@@ -149,14 +164,36 @@ def test_up_submit_serve_status_down(user_env):
     # Token auth is on: a request without the token is refused.
     assert requests.get("http://127.0.0.1:8265/api/jobs/", timeout=10).status_code == 401
 
+    # The README's `ray job submit`, with a deploy file of the digits MLP alone (deploy.yaml's,
+    # without optimize variants): the job path is the same for any file, and the whole
+    # deploy.yaml runs next through `maas run`, as `make demo` runs it.
+    digits_only = _digits_only(Path(user_env["HOME"]))
     job = _run(["ray", "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir",
-                ".", "--", "python", "-m", "jobs.pipeline", "deploy.yaml", "--json", "--verbose"],
-               user_env, timeout=900)
+                ".", "--", "python", "-m", "jobs.pipeline", str(digits_only), "--json",
+                "--verbose"], user_env, timeout=900)
     assert "succeeded" in job.stdout + job.stderr
     # --verbose: Ray's worker logs reach the job's log; --json: the summary is one JSON line.
     assert re.search(r"\((RayTrainWorker|TrainController) pid=\d+", job.stdout), job.stdout[-3000:]
-    summary = _summary(job.stdout)
-    models = {m["name"]: m for m in summary["models"]}
+    (trained,) = _summary(job.stdout)["models"]
+    assert trained["name"] == "digits" and _trained_accuracy(trained) >= 0.95, trained
+
+    # Access is on: no key, no answer (health stays open).
+    url, body = _readme_curl()
+    assert requests.post(url, data=body, timeout=30).status_code == 401
+    assert requests.get("http://127.0.0.1:8000/v2/health/ready", timeout=30).status_code == 200
+    (digits,) = _models(user_env, "show", "digits")["versions"]
+    assert digits["variant"] == "fp32" and digits["aliases"] == ["production"]
+    assert len(digits["sha256"]) == 64
+    status = _run(["maas", "status"], user_env, timeout=120).stdout
+    assert "model-digits" in status and "RUNNING" in status
+    assert "http://127.0.0.1:8000/v2/models/digits" in status
+    assert "SUCCEEDED" in status
+
+    # `make demo`'s pipeline (`maas run deploy.yaml`, with --json) on the running head: a
+    # second version of digits, the first of the others.
+    run = _run(["maas", "run", "deploy.yaml", "--json"], user_env, timeout=900)
+    _check_quiet_run(run)
+    models = {m["name"]: m for m in _summary(run.stdout)["models"]}
     # The shipped deploy.yaml: an MLP and a CNN on digits, each trained in under 3 minutes,
     # the pretrained all-MiniLM-L6-v2 exported, checked and served as int8, and SmolLM2 built,
     # measured and served as int4.
@@ -172,26 +209,14 @@ def test_up_submit_serve_status_down(user_env):
     (selected,) = [v["name"] for v in variants if v["selected"]]
     assert models["minilm"]["variant"] == "int8_dynamic"
     assert models["minilm"]["served_answer"] >= 0.99  # served embedding vs sentence-transformers
-
-    # Access is on: no key, no answer (health stays open).
-    url, body = _readme_curl()
-    assert requests.post(url, data=body, timeout=30).status_code == 401
-    assert requests.get("http://127.0.0.1:8000/v2/health/ready", timeout=30).status_code == 200
-    # deploy.yaml asks for every optimize variant: the table is printed, one is registered.
-    (digits,) = _models(user_env, "show", "digits")["versions"]
-    assert digits["variant"] == selected
-    assert digits["aliases"] == ["production"] and len(digits["sha256"]) == 64
+    # Version 2 takes production when within promotion.max_regression of version 1.
+    served = 2 if models["digits"]["promoted"] else 1
+    assert models["digits"]["served_version"] == served, models["digits"]["promotion"]
+    digits = _models(user_env, "show", "digits")["versions"]
+    assert [(v["variant"], "production" in v["aliases"]) for v in digits] == [
+        ("fp32", served == 1), (selected, served == 2)]
     (minilm,) = _models(user_env, "show", "minilm")["versions"]
     assert minilm["variant"] == "int8_dynamic" and minilm["aliases"] == ["production"]
-
-    status = _run(["maas", "status"], user_env, timeout=120).stdout
-    assert "model-digits" in status and "RUNNING" in status
-    assert "http://127.0.0.1:8000/v2/models/digits" in status
-    assert "SUCCEEDED" in status
-
-    # `make demo` once more (`maas run deploy.yaml` on the running head): a second version of
-    # each model, then the models commands on the registry those runs leave behind.
-    _check_quiet_run(_run(["maas", "run", "deploy.yaml"], user_env, timeout=900))
     _check_one_server_document()
     demo = _run(["maas", "quickstart"], user_env, timeout=300).stdout
     key = re.search(r"export MAAS_API_KEY=(maas_\S+)", demo).group(1)
@@ -211,7 +236,7 @@ def test_up_submit_serve_status_down(user_env):
         "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
     assert reply.status_code == 200, reply.text
     answer = reply.json()
-    assert answer["model"] == "minilm@2" and answer["usage"]["prompt_tokens"] > 0
+    assert answer["model"] == "minilm@1" and answer["usage"]["prompt_tokens"] > 0
     assert [len(d["embedding"]) for d in answer["data"]] == [384] * len(json.loads(body)["input"])
     _check_chat(demo, key, user_env)
     cards = json.loads(_run(["maas", "catalog", "--tenant", "demo", "--json"], user_env,
@@ -240,12 +265,12 @@ def test_up_submit_serve_status_down(user_env):
     billed = [r for r in json.loads(_run(["maas", "usage", "--json"], user_env,
                                          timeout=120).stdout) if r["model"] == "smollm2"]
     assert all(r["prompt_tokens"] > 0 and r["cost"] > 0 for r in billed), billed
-    assert counts[("maas-pipeline", "minilm", 200)] == 2, counts
-    assert counts[("maas-pipeline", "digits", 200)] == 2, counts  # one smoke request per run
+    assert counts[("maas-pipeline", "minilm", 200)] == 1, counts  # one smoke request per run
+    assert counts[("maas-pipeline", "digits", 200)] == 2, counts
     assert counts[("-", "digits", 401)] == 1, counts
     listed = {m["name"]: m for m in _models(user_env, "list")}
-    assert {name: m["versions"] for name, m in listed.items()} == {"digits": 2, "digits-cnn": 2,
-                                                                   "minilm": 2, "smollm2": 2}
+    assert {name: m["versions"] for name, m in listed.items()} == {"digits": 2, "digits-cnn": 1,
+                                                                   "minilm": 1, "smollm2": 1}
     versions = _models(user_env, "show", "digits")["versions"]
     assert [v["version"] for v in versions] == [1, 2]
     assert versions[0]["source_run"] != versions[1]["source_run"]
