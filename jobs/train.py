@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from jobs.train_loop import CHECKPOINT_FILE, LoopInputs, train_loop_per_worker
 from maas.config import DistillConfig, ModelConfig, TrainConfig
-from maas.data import Splits, to_ray_dataset
+from maas.data import Splits, TrainRows
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,9 @@ def run_training(model_cfg: ModelConfig, splits: Splits, storage_path: Path, run
     """Train ``model_cfg`` on the connected cluster. The same ``run_name`` and ``storage_path``
     as an interrupted run resume it from its latest checkpoint. With ``teacher`` and
     ``distill``, the model learns from the teacher's logits as well as the labels."""
-    import ray.data
-
     cfg = model_cfg.train
     # Read by the driver and propagated by Ray Train to the controller it starts.
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(cfg.report_poll_s)
-    # Progress bars from every worker's Ray Data iterator drown the training progress.
-    ray.data.DataContext.get_current().enable_progress_bars = False
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
@@ -100,14 +97,17 @@ def run_training(model_cfg: ModelConfig, splits: Splits, storage_path: Path, run
     if inputs.distill is not None:
         with torch.no_grad():  # computed once on the driver: workers never load the teacher
             soft_targets = teacher.eval()(torch.from_numpy(splits.x_train)).numpy()
+    # The rows go through Ray's object store, not a Ray Dataset: they are in the driver's
+    # memory already, and a Dataset costs every run two more actors and a streaming executor
+    # (about 6 s of a 38 s run of the digits MLP on 2 cores, measured).
+    rows = ray.put(TrainRows(splits.x_train, splits.y_train, soft_targets))
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"inputs": inputs,
+        train_loop_config={"inputs": inputs, "rows": rows,
                            "resume_from": _recover_torn_snapshot(storage_path / run_name)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.placement_strategy),
-        datasets={"train": to_ray_dataset(splits.x_train, splits.y_train, soft_targets)},
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(storage_path),

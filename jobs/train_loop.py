@@ -3,7 +3,7 @@ and rank 0's checkpoints.
 
     python -m jobs.pipeline deploy.yaml    # jobs.train starts the workers with this loop
 
-Workers stream their shard of the training rows from Ray Data (``get_dataset_shard``) and DDP
+Workers read their shard of the training rows from Ray's object store (``TrainRows``) and DDP
 averages the gradients. Rank 0 writes a checkpoint every ``train.checkpoint_every`` epochs; a
 restarted worker group resumes from the latest one.
 """
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import ray.train
 import ray.train.torch
 import torch
 from torch import nn
 
 from maas.config import DistillConfig, ModelConfig, TrainConfig
-from maas.data import Splits
+from maas.data import Splits, TrainRows
 from maas.models import build_model, evaluate, loss_fn
 
 CHECKPOINT_FILE = "model.pt"
@@ -130,19 +131,15 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return cfg.alpha * cfg.temperature ** 2 * soft + (1.0 - cfg.alpha) * hard
 
 
-def _load_shard(device: torch.device, label_dtype: torch.dtype,
-                with_teacher: bool) -> tuple[torch.Tensor, ...]:
-    """This worker's rows of the training set, read once from its Ray Data shard.
-
-    Ray Data splits the rows evenly across workers (equal=True), so every rank runs the same
-    number of steps, as DDP requires. The shard is read once and kept as tensors, so later
-    epochs do not re-run the split and the Arrow-to-torch conversion; this holds the shard in
-    the worker's memory, which suits data sets that fit in RAM across the workers.
-    """
-    dtypes = {"x": torch.float32, "y": label_dtype} | ({"t": torch.float32} if with_teacher else {})
-    parts = list(ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=65_536, dtypes=dtypes, device="cpu"))
-    return tuple(torch.cat([p[column] for p in parts]).to(device) for column in dtypes)
+def _load_shard(rows: TrainRows, device: torch.device, label_dtype: torch.dtype
+                ) -> tuple[torch.Tensor, ...]:
+    """This worker's rows of the training set (x, y and the teacher's logits when
+    distilling) as tensors, kept for every epoch: the rows fit in memory (the driver holds
+    them), and each worker copies only its own shard out of the object store."""
+    context = ray.train.get_context()
+    dtypes = (torch.float32, label_dtype, torch.float32)
+    return tuple(torch.tensor(a, dtype=dtype, device=device) for a, dtype in
+                 zip(rows.shard(context.get_world_rank(), context.get_world_size()), dtypes))
 
 
 def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -167,7 +164,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ddp_model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     label_dtype = torch.int64 if inputs.task == "classification" else torch.float32
-    shard = _load_shard(device, label_dtype, inputs.distill is not None)
+    shard = _load_shard(ray.get(loop_config["rows"]), device, label_dtype)
     for epoch in range(progress.next_epoch, cfg.epochs):
         metrics = _train_epoch(inputs, ddp_model, optimizer, shard, epoch)
         if scheduler is not None:

@@ -4,7 +4,7 @@ Sources: ``sklearn:digits`` (ships with scikit-learn), ``synthetic`` (seeded, an
 user files: ``.npz`` with arrays ``x`` and ``y``, or ``.parquet`` / ``.csv`` with a label column,
 read with Ray Data. The split (test, then validation from the rest) is a pure function of the
 config, so the driver, the export parity check and the smoke prediction see the same rows.
-Ray Train workers get their shard of the training rows from :func:`to_ray_dataset`.
+Ray Train workers read their shard of the training rows from :class:`TrainRows`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -188,15 +188,19 @@ def load_splits(cfg: DataConfig, task: Task = "classification",
     return Splits(*arrays, task=task, n_outputs=n_outputs, image_shape=image_shape)
 
 
-def to_ray_dataset(x: np.ndarray, y: np.ndarray, teacher: np.ndarray | None = None) -> Any:
-    """A Ray Dataset with columns ``x`` (float32 tensor per row), ``y`` and, for distillation,
-    ``t`` (the teacher's logits per row), for ``get_dataset_shard``."""
-    import pyarrow as pa
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
+@dataclass(frozen=True)
+class TrainRows:
+    """The training rows Ray Train workers share: ``x``, ``y`` and, for distillation, ``t``
+    (the teacher's logits per row). The driver puts them in Ray's object store once; every
+    worker on a node reads the same copy without a copy of its own (numpy in Plasma)."""
 
-    columns = {"x": ArrowTensorArray.from_numpy(x),
-               "y": ArrowTensorArray.from_numpy(y) if y.ndim > 1 else pa.array(y)}
-    if teacher is not None:
-        columns["t"] = ArrowTensorArray.from_numpy(np.ascontiguousarray(teacher, np.float32))
-    return ray.data.from_arrow(pa.table(columns))
+    x: np.ndarray
+    y: np.ndarray
+    t: np.ndarray | None = None
+
+    def shard(self, rank: int, world: int) -> tuple[np.ndarray, ...]:
+        """Worker ``rank``'s contiguous rows of ``world`` equal shards (DDP needs the same
+        number of steps on every rank: up to ``world - 1`` trailing rows are left out)."""
+        per = len(self.x) // world
+        part = slice(rank * per, (rank + 1) * per)
+        return tuple(a[part] for a in (self.x, self.y, self.t) if a is not None)
