@@ -18,7 +18,7 @@ from maas.config import parse_config
 from maas.routes import SERVER_APP
 from maas.data import load_splits
 from tests.conftest import delete_apps
-from tests.reliability.training import (MLP, assert_resumed_and_met_the_bar,
+from tests.reliability.training import (MLP, FaultedRun, assert_resumed_and_met_the_bar,
                                         latest_checkpoint_epoch, train_through, train_workers,
                                         wait_for_checkpoint)
 
@@ -26,13 +26,20 @@ pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(serve_port, tmp_path, figures):
+@pytest.fixture(scope="module")
+def killed_worker_run(serve_port, tmp_path_factory) -> tuple[FaultedRun, Path]:
+    """The MLP trained with one of its 2 workers SIGKILLed mid-epoch; (the run, its storage)."""
     def kill_a_worker() -> None:
         pids = [worker.pid for worker in train_workers()]
         assert len(pids) == 2
         os.kill(pids[1], signal.SIGKILL)
 
-    run = train_through(tmp_path, "kill-worker", kill_a_worker)
+    storage = tmp_path_factory.mktemp("kill-worker")
+    return train_through(storage, "kill-worker", kill_a_worker), storage
+
+
+def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(killed_worker_run, figures):
+    run, _ = killed_worker_run
     figures.append(run.row("kill a training worker", "SIGKILL 1 of 2 Ray Train workers "
                                                      "mid-epoch"))
     assert_resumed_and_met_the_bar(run)
@@ -87,19 +94,20 @@ def test_killed_driver_resumes_by_run_name(serve_port, tmp_path, figures):
         delete_apps("model-digits", SERVER_APP)
 
 
-def test_a_torn_ray_snapshot_still_resumes_from_the_newest_checkpoint(serve_port, tmp_path):
+def test_a_torn_ray_snapshot_still_resumes_from_the_newest_checkpoint(killed_worker_run):
     """Ray rewrites its run snapshot in place; a driver killed mid-write leaves it empty.
-    Seen in CI: Ray then refused the re-run. maas resumes from the newest checkpoint instead."""
-    short = parse_config({"state_dir": str(tmp_path), "models": [
-        MLP | {"train": MLP["train"] | {"epochs": 3}}]}).models[0]
-    splits = load_splits(short.data)
-    run_training(short, splits, tmp_path / "train", "torn", [])
-    snapshot = tmp_path / "train" / "torn" / "checkpoint_manager_snapshot.json"
-    assert snapshot.is_file()
+    Seen in CI: Ray then refused the re-run. maas resumes from the newest checkpoint instead.
+    The killed-worker run above, finished, is given two more epochs after its snapshot is torn."""
+    run, storage = killed_worker_run
+    last = run.model_cfg.train.epochs - 1
+    snapshot = storage / "train" / "kill-worker" / "checkpoint_manager_snapshot.json"
+    assert snapshot.is_file() and latest_checkpoint_epoch(snapshot.parent) == last
     snapshot.write_text("")  # what a kill during Ray's write leaves behind
 
-    longer = short.model_copy(update={"train": short.train.model_copy(update={"epochs": 5})})
-    outcome = run_training(longer, splits, tmp_path / "train", "torn", [])
-    assert outcome.metrics["restored_from_epoch"] == 2
-    assert outcome.metrics["epoch"] == 4
+    longer = run.model_cfg.model_copy(update={"train": run.model_cfg.train.model_copy(
+        update={"epochs": last + 3})})
+    outcome = run_training(longer, load_splits(longer.data), storage / "train", "kill-worker",
+                           [])
+    assert outcome.metrics["restored_from_epoch"] == last
+    assert outcome.metrics["epoch"] == last + 2
     assert (snapshot.parent / "checkpoint_manager_snapshot.json.torn").is_file()
