@@ -98,8 +98,8 @@ def run_training(model_cfg: ModelConfig, splits: Splits, storage_path: Path, run
         with torch.no_grad():  # computed once on the driver: workers never load the teacher
             soft_targets = teacher.eval()(torch.from_numpy(splits.x_train)).numpy()
     # The rows go through Ray's object store, not a Ray Dataset: they are in the driver's
-    # memory already, and a Dataset costs every run two more actors and a streaming executor
-    # (about 6 s of a 38 s run of the digits MLP on 2 cores, measured).
+    # memory already, and a Dataset costs every run a SplitCoordinator actor and a streaming
+    # executor (a 5-epoch digits MLP run on 2 cores: 37-44 s with one, 25-34 s without).
     rows = ray.put(TrainRows(splits.x_train, splits.y_train, soft_targets))
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maas.config import DataConfig, ModelArchConfig, SyntheticConfig
-from maas.data import DataError, load_splits
+from maas.data import DataError, TrainRows, load_splits
 from maas.models import model_for
 
 pytestmark = pytest.mark.unit
@@ -103,3 +103,16 @@ def test_unknown_source_kind_is_a_config_error():
 
     with pytest.raises(ValidationError, match="must be 'sklearn:digits', 'synthetic'"):
         DataConfig(source="s3://bucket/data.json")
+
+
+def test_train_rows_shard_equally_and_in_order_across_workers():
+    """Every rank gets the same number of rows (DDP steps in lockstep), contiguous, with the
+    teacher's logits beside their rows; the trailing rows that do not divide are left out."""
+    x = np.arange(22, dtype=np.float32).reshape(11, 2)
+    rows = TrainRows(x, np.arange(11), np.arange(11, dtype=np.float32)[:, None] * 10)
+    shards = [rows.shard(rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert np.concatenate([s[1] for s in shards]).tolist() == list(range(9))
+    assert all((s[0][:, 0] == 2 * s[1]).all() and (s[2][:, 0] == 10 * s[1]).all()
+               for s in shards)
+    assert len(TrainRows(x, np.arange(11)).shard(1, 2)) == 2  # no teacher: x and y only
