@@ -96,11 +96,13 @@ def test_a_stream_starts_well_before_it_ends_and_bills_what_it_sent(llm):
                 text += choice.delta.content
     assert text == whole.choices[0].message.content
     # Streamed as decoded, not held back: the chunks arrive over at least a third of the time,
-    # and the middle one well before the last (a fixed share for the first token alone would
-    # fail when a busy machine slows the prefill; a response buffered whole, or after its
-    # first token, fails these on any machine).
-    first, middle, last = arrivals[0], arrivals[len(arrivals) // 2], arrivals[-1]
-    assert len(arrivals) > 5 and last - first > last / 3 and last - middle > (last - first) / 4
+    # and a quarter of them in the first three quarters of that span. A response buffered
+    # whole, or after its first token, fails these on any machine; a busy one that slows the
+    # prefill, or stalls delivery once mid-stream and then flushes (seen in CI: 24 of 48
+    # chunks in the last 0.13 s of 1.04), does not.
+    first, last = arrivals[0], arrivals[-1]
+    early = sum(t < last - (last - first) / 4 for t in arrivals)
+    assert len(arrivals) > 5 and last - first > last / 3 and early >= len(arrivals) / 4, arrivals
     assert usage.model_dump() == whole.usage.model_dump()
 
 
