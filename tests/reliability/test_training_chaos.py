@@ -27,19 +27,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def killed_worker_run(serve_port, tmp_path_factory) -> tuple[FaultedRun, Path]:
-    """The MLP trained with one of its 2 workers SIGKILLed mid-epoch; (the run, its storage)."""
+def killed_worker_run(serve_port, tmp_path_factory) -> FaultedRun:
+    """The MLP trained with one of its 2 workers SIGKILLed mid-epoch."""
     def kill_a_worker() -> None:
         pids = [worker.pid for worker in train_workers()]
         assert len(pids) == 2
         os.kill(pids[1], signal.SIGKILL)
 
-    storage = tmp_path_factory.mktemp("kill-worker")
-    return train_through(storage, "kill-worker", kill_a_worker), storage
+    return train_through(tmp_path_factory.mktemp("kill-worker"), "kill-worker", kill_a_worker)
 
 
 def test_killed_worker_resumes_from_checkpoint_and_meets_the_bar(killed_worker_run, figures):
-    run, _ = killed_worker_run
+    run = killed_worker_run
     figures.append(run.row("kill a training worker", "SIGKILL 1 of 2 Ray Train workers "
                                                      "mid-epoch"))
     assert_resumed_and_met_the_bar(run)
@@ -98,16 +97,16 @@ def test_a_torn_ray_snapshot_still_resumes_from_the_newest_checkpoint(killed_wor
     """Ray rewrites its run snapshot in place; a driver killed mid-write leaves it empty.
     Seen in CI: Ray then refused the re-run. maas resumes from the newest checkpoint instead.
     The killed-worker run above, finished, is given two more epochs after its snapshot is torn."""
-    run, storage = killed_worker_run
+    run = killed_worker_run
     last = run.model_cfg.train.epochs - 1
-    snapshot = storage / "train" / "kill-worker" / "checkpoint_manager_snapshot.json"
+    run_dir = Path(run.result.run_path)  # Ray Train's storage_path / run name
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
     assert snapshot.is_file() and latest_checkpoint_epoch(snapshot.parent) == last
     snapshot.write_text("")  # what a kill during Ray's write leaves behind
 
     longer = run.model_cfg.model_copy(update={"train": run.model_cfg.train.model_copy(
         update={"epochs": last + 3})})
-    outcome = run_training(longer, load_splits(longer.data), storage / "train", "kill-worker",
-                           [])
+    outcome = run_training(longer, load_splits(longer.data), run_dir.parent, run_dir.name, [])
     assert outcome.metrics["restored_from_epoch"] == last
     assert outcome.metrics["epoch"] == last + 2
     assert (snapshot.parent / "checkpoint_manager_snapshot.json.torn").is_file()
