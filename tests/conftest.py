@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import secrets
 import socket
 import subprocess
 import sys
@@ -50,6 +51,14 @@ class SessionHead:
     def __init__(self, metrics_port: int, log: Path):
         import ray
 
+        # Its token is its own as well, in a file of this session (RAY_AUTH_TOKEN_PATH, which
+        # every Ray process and job it starts inherits): on a fresh machine there is no
+        # ~/.ray/auth_token for `ray start` to find, and the tests never write to $HOME.
+        self.token_path = log.with_name("auth_token")
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
         self.address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
         os.environ["RAY_ADDRESS"] = self.address
         ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
@@ -131,6 +140,11 @@ def serve_port(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> i
         ray.shutdown()
     finally:
         head.stop()
+
+
+def session_token() -> str:
+    """The Ray token of this session's head (SessionHead writes it)."""
+    return Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
 
 
 def export_small_model(path: Path, seed: int = 0) -> Path:

@@ -44,6 +44,7 @@ def user_env(tmp_path_factory) -> dict:
     env = os.environ | {"HOME": str(home), "RAY_AUTH_MODE": "token",
                         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)  # the README user's token is ~/.ray/auth_token
     yield env
     subprocess.run(["maas", "down"], env=env, cwd=REPO, capture_output=True, timeout=120)
 

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from maas.cluster import dashboard_url, ray_processes
+from tests.conftest import session_token
 
 pytestmark = pytest.mark.reliability
 
@@ -46,8 +47,7 @@ def test_ports_bind_where_they_should_and_token_auth_holds(serve_port, figures):
     by_scope = Counter(_scope(ip) for ip, _, _ in listeners)
     wide = sorted({f"{title}:{port}" for ip, port, title in listeners if _scope(ip) != "loopback"})
 
-    with open(os.path.expanduser("~/.ray/auth_token")) as token_file:
-        token = token_file.read().strip()
+    token = session_token()
     refused = requests.get(f"{dashboard}/api/version", timeout=10)
     allowed = requests.get(f"{dashboard}/api/version", timeout=10,
                            headers={"Authorization": f"Bearer {token}"})

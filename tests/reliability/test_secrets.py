@@ -11,7 +11,7 @@ from maas.access import AccessStore, onboard
 from maas.config import DeployConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name
-from tests.conftest import delete_apps, files_containing, register_versions
+from tests.conftest import delete_apps, files_containing, register_versions, session_token
 
 pytestmark = pytest.mark.reliability
 NAME = "secretive"
@@ -50,9 +50,7 @@ def test_no_secret_reaches_a_log_or_an_error_body(deploy_cfg, tmp_path_factory, 
         assert statuses == {200, 401}
         logs = Path(ray._private.worker._global_node.get_session_dir_path())
         secrets = [s.split("_", 2)[2].encode() for s in (key, wrong, revoked)]
-        token_file = Path.home() / ".ray" / "auth_token"
-        if token_file.exists():
-            secrets.append(token_file.read_bytes().strip())
+        secrets.append(session_token().encode())
         leaks = {s[:6]: files_containing([logs, state], s) for s in secrets}
     finally:
         delete_apps(model_app_name(NAME), SERVER_APP)
