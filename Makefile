@@ -35,15 +35,17 @@ docs: $(DOCS_STAMP)
 
 # Then tenant `demo` gets a key for every model with their agreements accepted (maas quickstart
 # prints it and curl commands that use it), and the last of them, a streamed chat completion,
-# runs: the demo ends with the chat model's tokens as they arrive.
+# runs: the demo shows the chat model's tokens as they arrive, then ends with the console's URL.
 demo: setup
 	$(BIN)/maas up
 	$(BIN)/maas run deploy.yaml
 	@umask 077; $(BIN)/maas quickstart > $(VENV)/.quickstart; status=$$?; \
 	cat $(VENV)/.quickstart; [ $$status -eq 0 ] || { rm -f $(VENV)/.quickstart; exit $$status; }; \
 	eval "$$(grep '^  export MAAS_API_KEY=' $(VENV)/.quickstart)"; \
-	chat="$$(grep 'curl -sN' $(VENV)/.quickstart | tail -n 1)"; rm -f $(VENV)/.quickstart; \
-	echo; echo "Streaming the chat model's answer:"; echo "  $$chat" | sed 's/^ *//'; eval "$$chat"
+	chat="$$(grep 'curl -sN' $(VENV)/.quickstart | tail -n 1)"; \
+	site="$$(grep '^Console: ' $(VENV)/.quickstart)"; rm -f $(VENV)/.quickstart; \
+	echo; echo "Streaming the chat model's answer:"; echo "  $$chat" | sed 's/^ *//'; eval "$$chat"; \
+	echo; echo; echo "$$site"
 
 up: setup
 	$(BIN)/maas up

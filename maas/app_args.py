@@ -92,7 +92,9 @@ class ServerArgs(ReplicaArgs):
     chat_models: list[str] = Field(
         default_factory=list, description="the chat LLMs: their apps answer Triton's generate "
                                           "extension, and /v1 their chat completions")
-    dashboard_url: str | None = Field(None, description="shown on the home page")
+    dashboard_url: str | None = Field(None, description="linked from the console")
+    tracking_uri: str = Field("", description="MLflow's tracking URI: the console links "
+                                              "an http(s) one, and shows how to open another")
 
 
 class FineTuningArgs(Args):
@@ -150,7 +152,7 @@ def server_args(cfg: DeployConfig) -> ServerArgs:
     return ServerArgs(**_replica(cfg), catalog=entries(cfg),
                       embedding_models=[m.name for m in embedding_models(cfg)],
                       chat_models=[m.name for m in chat_models(cfg)],
-                      dashboard_url=cfg.cluster.dashboard_url)
+                      dashboard_url=cfg.cluster.dashboard_url, tracking_uri=cfg.tracking_uri)
 
 
 def embedding_models(cfg: DeployConfig) -> list[ModelConfig]:

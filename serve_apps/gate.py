@@ -126,6 +126,11 @@ class AccessGate:
                     accepted[acceptance.tenant] = acceptance
         self._accepted = accepted  # a whole swap: readers never see half
 
+    def known(self, record: KeyRecord) -> None:
+        """Take ``record`` as the key's state now (this replica revoked it), before the next
+        re-read of the store."""
+        self._keys = {**self._keys, record.key_id: record}
+
     def _background(self) -> None:
         next_reload = time.monotonic() + self.args.refresh_s
         while not self._stop.wait(self.args.usage_flush_s):

@@ -25,7 +25,6 @@ reaches the same replicas through :meth:`ModelServer.call`, with the same checks
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 
 import numpy as np
@@ -40,8 +39,7 @@ from maas.access import Refusal
 from maas.app_args import InferenceArgs
 from maas.errors import MaasError
 from maas.oip import (BINARY_HEADER, ErrorBody, InferenceRequest, InferenceResponse, InferError,
-                      ModelMetadata, datatype_of, encode_output, parse_request,
-                      response_json)
+                      ModelMetadata, datatype_of, parse_request)
 from maas.routes import model_app_name
 from serve_apps import REPLICA_LOG
 from serve_apps.batching import MicroBatcher
@@ -50,7 +48,8 @@ from serve_apps.http import CallFailure, api_body, make_api, read_json_body, val
 from serve_apps.infer_route import InferFront
 from serve_apps.lean import lean_runtime_env, quiet_gc
 from serve_apps.metering import ReplicaMetrics
-from serve_apps.versions import Loaded, Versions
+from serve_apps.explain_route import EXPLAIN, ExplainRequest, explain, parse_explain
+from serve_apps.versions import Answer, Loaded, Versions
 from serve_apps.wire import coalesce_response_heads
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
@@ -58,33 +57,11 @@ ERRORS = {status: {"model": ErrorBody}
           for status in (400, 401, 403, 404, 408, 411, 413, 415, 429, 503)}
 # The infer body is read and validated by hand (size limit, one JSON parse); documented here.
 INFER_BODY = api_body(api, InferenceRequest)
+EXPLAIN_BODY = api_body(api, ExplainRequest)
 
 
 def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One infer request's outputs, from the version that computed them."""
-
-    loaded: Loaded
-    request_id: str | None
-    outputs: list[tuple[str, np.ndarray]]
-
-    @property
-    def rows(self) -> int:
-        first = self.outputs[0][1]
-        return first.shape[0] if first.ndim else 1
-
-    def json(self) -> bytes:
-        info = self.loaded.info
-        return response_json(info.name, str(info.version), self.request_id, self.outputs)
-
-    def response(self) -> InferenceResponse:
-        return InferenceResponse(
-            model_name=self.loaded.info.name, model_version=str(self.loaded.info.version),
-            id=self.request_id, outputs=[encode_output(n, a) for n, a in self.outputs])
 
 
 @serve.deployment
@@ -164,11 +141,33 @@ class ModelServer:
         return Response(await self._http_answer(request.headers, request.receive, version),
                         media_type="application/json")
 
+    @api.post(f"/{EXPLAIN}", response_model=InferenceResponse, responses=ERRORS,
+              openapi_extra=EXPLAIN_BODY)
+    async def explain(self, request: Request) -> Response:
+        """Per-feature attributions of the served version's output (Integrated Gradients)."""
+        return await self._explained(request, None)
+
+    @api.post(f"/versions/{{version}}/{EXPLAIN}", response_model=InferenceResponse,
+              responses=ERRORS, openapi_extra=EXPLAIN_BODY)
+    async def explain_version(self, version: str, request: Request) -> Response:
+        return await self._explained(request, version)
+
     async def _http_answer(self, headers: Mapping[str, str], receive: Receive,
                            version: str | None) -> bytes:
         answer = await self._measured(headers, version,
                                       lambda: self._request_body(headers, receive))
         return answer.json()
+
+    async def _explained(self, request: Request, version: str | None) -> Response:
+        async def body() -> ExplainRequest:
+            return parse_explain(await self._raw_body(request.headers, request.receive))
+
+        async def compute(loaded: Loaded, body: ExplainRequest) -> Answer:
+            return await asyncio.to_thread(explain, loaded, body, self.args.serve.max_rows)
+
+        answer = await self._measured(request.headers, version, body, compute,
+                                      f"{self.args.name}/{EXPLAIN}")
+        return Response(answer.json(), media_type="application/json")
 
     async def call(self, headers: dict[str, str], body: InferenceRequest,
                    version: str | None = None) -> InferenceResponse | CallFailure:
@@ -186,8 +185,11 @@ class ModelServer:
     # ---- one request ----------------------------------------------------------------------
 
     async def _measured(self, headers: Mapping[str, str], version: str | None,
-                        read_body: Callable[[], Awaitable[InferenceRequest]]) -> Answer:
-        """Answer one infer request and count it, by version and status, with its latency.
+                        read_body: Callable[[], Awaitable[InferenceRequest]],
+                        compute: Callable[[Loaded, InferenceRequest], Awaitable[Answer]]
+                        | None = None, metered_as: str | None = None) -> Answer:
+        """Answer one infer request (or ``compute``'s, e.g. an explanation) and count it, by
+        version and status, with its latency, as ``metered_as`` (default: the model's name).
         The body is read only once the request's key is admitted."""
         started = time.perf_counter()
         if self._metrics_flusher is None:
@@ -204,7 +206,7 @@ class ModelServer:
             loaded = (self.versions.pick() if version is None  # by number it may load: off loop
                       else await asyncio.to_thread(self.versions.by_number, version))
             served = str(loaded.info.version)
-            answer = await self._infer(loaded, body)
+            answer = await (compute or self._infer)(loaded, body)
             rows, status = answer.rows, 200
             if admission.log_payloads:
                 self.gate.log_payload(admission, served, body.id, body.inputs)
@@ -221,20 +223,23 @@ class ModelServer:
             # wait for its own bookkeeping (~20 µs of a request at 1 client, py-spy). The
             # counts reach Ray and the access store a second later at most either way.
             asyncio.get_running_loop().call_soon(self._count, admission, served, status, rows,
-                                                 ms)
+                                                 ms, metered_as or self.args.name)
 
     def _count(self, admission: Admission, served: str, status: int, rows: int,
-               ms: float) -> None:
-        self._metrics.record(admission.tenant, self.args.name, served, status, rows, ms)
+               ms: float, model: str) -> None:
+        self._metrics.record(admission.tenant, model, served, status, rows, ms)
         if self.gate is not None:
-            self.gate.meter.record(admission.tenant, admission.key_id, self.args.name,
-                                   served, status, rows, ms)
+            self.gate.meter.record(admission.tenant, admission.key_id, model, served, status,
+                                   rows, ms)
+
+    async def _raw_body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
+        serving = self.args.serve
+        return await read_json_body(headers, receive, serving.max_body_bytes,
+                                    serving.body_timeout_s)
 
     async def _request_body(self, headers: Mapping[str, str], receive: Receive
                             ) -> InferenceRequest:
-        serving = self.args.serve
-        raw = await read_json_body(headers, receive, serving.max_body_bytes,
-                                   serving.body_timeout_s)
+        raw = await self._raw_body(headers, receive)
         try:
             return parse_request(raw, headers.get(BINARY_HEADER))
         except ValidationError as exc:

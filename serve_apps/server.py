@@ -16,21 +16,21 @@ use, and needs a key like every model route; health, metadata and docs stay open
 # No `from __future__ import annotations` in serve apps: FastAPI and Serve's typed builders
 # read the real annotation objects.
 import asyncio
-import html
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 
 import maas
 from maas.app_args import ServerArgs
 from maas.catalog import ModelCard, catalog
-from maas.oip import ErrorBody
+from maas.access import KeyRecord
+from maas.oip import ErrorBody, InferError
 from maas.routes import (MODEL_APP_PREFIX, OIP_ROOT, OPENAI_APP, SERVER_APP, chat_route,
                          embeddings_route, infer_route, model_route)
-from serve_apps import embeddings, inference, llm
+from serve_apps import console, embeddings, inference, llm
 from serve_apps.gate import AccessGate, visible_models
 from serve_apps.http import make_api
 from serve_apps.lean import lean_runtime_env
@@ -38,6 +38,8 @@ from serve_apps.openapi import server_document
 
 CATALOG_CACHE_S = 2.0  # cards take a few registry queries each; clients may poll
 NOT_FOUND = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+TENANT_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409)}
+TENANT = f"{OIP_ROOT}/tenant"
 api = make_api(title="maas", description="Open Inference Protocol v2 server endpoints")
 
 
@@ -66,26 +68,6 @@ def openapi_document(args: ServerArgs, own: FastAPI) -> dict:
         chat_api=llm.api, chat_models=tuple(args.chat_models))
 
 
-def _home_page(links: dict) -> str:
-    """A small page of links for a browser (the console will take this place)."""
-    items = [f'<li><a href="{html.escape(url)}">{html.escape(label)}</a></li>'
-             for label, url in (("API docs (Swagger UI)", links["docs"]),
-                                ("OpenAPI document", links["openapi"]),
-                                ("model catalog (needs a key)", links["catalog"]),
-                                ("health", links["health"]),
-                                ("OpenAI-compatible embeddings", links.get("openai")),
-                                ("OpenAI-compatible chat completions", links.get("chat")),
-                                ("Ray dashboard", links["dashboard"])) if url]
-    models = "".join(f"<li><code>POST {html.escape(url)}</code></li>"
-                     for url in links["models"].values())
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>maas</title></head>"
-            f"<body style='font-family:sans-serif;max-width:42em;margin:2em auto'>"
-            f"<h1>maas {html.escape(maas.__version__)}</h1><p>Model as a service on Ray.</p>"
-            f"<ul>{''.join(items)}</ul><h2>Models</h2><ul>{models}</ul>"
-            f"<p>Keys: <code>maas quickstart</code> or <code>maas keys create</code>; send "
-            f"<code>Authorization: Bearer &lt;key&gt;</code>.</p></body></html>")
-
-
 @serve.deployment
 @serve.ingress(api)
 class Server:
@@ -100,7 +82,8 @@ class Server:
         api.openapi_schema = openapi_document(args, api)
 
     @api.get("/", response_model=None)
-    def home(self, request: Request) -> JSONResponse | HTMLResponse:
+    def home(self, request: Request) -> JSONResponse | Response:
+        """The console for a browser; for anything else, where everything is, as JSON."""
         links = {"docs": "/docs", "openapi": "/openapi.json", "catalog": f"{OIP_ROOT}/catalog",
                  "health": f"{OIP_ROOT}/health/ready", "dashboard": self.args.dashboard_url,
                  "models": {e.name: (f"{model_route(e.name)}/generate"
@@ -112,7 +95,16 @@ class Server:
             links["chat"] = chat_route()
         if "text/html" not in request.headers.get("accept", ""):
             return JSONResponse({"name": "maas", "version": maas.__version__, **links})
-        return HTMLResponse(_home_page(links))
+        return console.page()
+
+    @api.get("/console/{name}", include_in_schema=False)
+    def console_file(self, name: str) -> Response:
+        return console.asset(name)
+
+    @api.get("/console-links", include_in_schema=False)
+    def console_links(self) -> dict[str, str | None]:
+        """Where the status strip links to (open: no tenant data)."""
+        return console.links(self.args.tracking_uri, self.args.dashboard_url)
 
     @api.get(f"{OIP_ROOT}/health/live")
     def live(self) -> dict[str, bool | str]:
@@ -150,6 +142,55 @@ class Server:
         visible = await visible_models(self.gate, request.headers)
         cards = await asyncio.to_thread(self._all_cards)
         return [card for card in cards if visible(card.name)]
+
+    # ---- the signed-in tenant (the console's data; any client may use them) ------------
+
+    async def _tenant(self, request: Request) -> KeyRecord:
+        if self.gate is None:
+            raise InferError(404, "access is off: there are no tenants (access.enabled)")
+        return await self.gate.authenticate(request.headers)
+
+    async def _tenant_call(self, request: Request, view, *args) -> JSONResponse:
+        record = await self._tenant(request)
+        body = await asyncio.to_thread(view, self.gate.store, record, *args)
+        return JSONResponse(body)
+
+    @api.get(TENANT, responses=TENANT_ERRORS)
+    async def tenant(self, request: Request) -> JSONResponse:
+        """The key this request was sent with and its tenant."""
+        return JSONResponse(console.whoami(await self._tenant(request)))
+
+    @api.get(f"{TENANT}/keys", responses=TENANT_ERRORS)
+    async def tenant_keys(self, request: Request) -> JSONResponse:
+        """The tenant's keys: prefix, scope, limits, created, revoked."""
+        return await self._tenant_call(request, console.keys)
+
+    @api.post(f"{TENANT}/keys/{{key_id}}/revoke", responses=TENANT_ERRORS)
+    async def tenant_revoke(self, key_id: str, request: Request) -> JSONResponse:
+        """Revoke one of the tenant's own keys (this one too, if asked)."""
+        record = await self._tenant(request)
+        revoked = await asyncio.to_thread(console.revoke, self.gate.store, record, key_id)
+        self.gate.known(await asyncio.to_thread(self.gate.store.key, revoked["key_id"]))
+        return JSONResponse(revoked)
+
+    @api.get(f"{TENANT}/usage", responses=TENANT_ERRORS)
+    async def tenant_usage(self, request: Request, hours: int = 24,
+                           bucket: str = "hour") -> JSONResponse:
+        """The tenant's usage per hour or day, model and status, with its cost."""
+        return await self._tenant_call(request, console.usage, self.args.catalog, hours,
+                                       bucket)
+
+    @api.get(f"{TENANT}/agreements", responses=TENANT_ERRORS)
+    async def tenant_agreements(self, request: Request) -> JSONResponse:
+        """The agreements the tenant has accepted."""
+        return await self._tenant_call(request, console.acceptances)
+
+    @api.post(f"{TENANT}/agreements/{{model}}/{{version}}", responses=TENANT_ERRORS)
+    async def tenant_accept(self, model: str, version: int, request: Request) -> JSONResponse:
+        """Accept ``version`` of ``model``'s agreement for the tenant (the current one)."""
+        record = await self._tenant(request)
+        return JSONResponse(await asyncio.to_thread(
+            console.accept, self.gate.store, record, model, version, record.allows(model)))
 
     # One route per method: a route of two methods gives both the same operation id.
     @api.get(f"{OIP_ROOT}/models/{{name}}", responses=NOT_FOUND)

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from maas import text
-from maas.oip import InferenceRequest, InferError, ModelMetadata, TensorSpec, decode_input
+from maas.oip import (InferenceRequest, InferenceResponse, InferError, ModelMetadata, TensorSpec,
+                      decode_input, encode_output, response_json)
 from maas.registry import (CANARY, MAX_VERSION, PRODUCTION, RegistryError, RegistryView,
                            VersionInfo, VersionNotFound, is_version_number)
 from maas.runtime import ort_session
@@ -79,6 +80,32 @@ def load(registry: RegistryView, name: str, version: int, threads: int) -> Loade
              info.kind, info.variant, info.sha256)
     return Loaded(info, session, {s.name: s for s in info.inputs},
                   [s.name for s in info.outputs], encoder)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One infer request's outputs, from the version that computed them."""
+
+    loaded: Loaded
+    request_id: str | None
+    outputs: list[tuple[str, np.ndarray]]
+    parameters: dict[str, Any] | None = None  # the method's settings, for an explanation
+
+    @property
+    def rows(self) -> int:
+        first = self.outputs[0][1]
+        return first.shape[0] if first.ndim else 1
+
+    def json(self) -> bytes:
+        info = self.loaded.info
+        return response_json(info.name, str(info.version), self.request_id, self.outputs,
+                             self.parameters)
+
+    def response(self) -> InferenceResponse:
+        return InferenceResponse(
+            model_name=self.loaded.info.name, model_version=str(self.loaded.info.version),
+            id=self.request_id, parameters=self.parameters,
+            outputs=[encode_output(n, a) for n, a in self.outputs])
 
 
 class Versions:

@@ -201,6 +201,7 @@ class UsageRow:
     mean_latency_ms: float
     prompt_tokens: int = 0  # LLM requests: the engine's counts
     completion_tokens: int = 0
+    start: int | None = None  # a time series' period (epoch seconds of its first minute)
 
 
 def stored_terms(text: str) -> AgreementConfig:

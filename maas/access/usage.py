@@ -56,9 +56,15 @@ class UsageQueries:
                         completion_tokens=int(completion)))
 
     def usage(self, tenant: str | None = None, model: str | None = None,
-              since: float | None = None) -> list[UsageRow]:
-        """Usage summed per tenant, model, version and status."""
-        columns = (usage.c.tenant, usage.c.model, usage.c.version, usage.c.status)
+              since: float | None = None, bucket_s: int | None = None) -> list[UsageRow]:
+        """Usage summed per tenant, model, version and status; with ``bucket_s`` (a whole
+        number of minutes) also per period of that length, each row's ``start`` its first
+        second (epoch), oldest first: a time series for charts."""
+        columns = [usage.c.tenant, usage.c.model, usage.c.version, usage.c.status]
+        if bucket_s is not None:
+            if bucket_s < 60 or bucket_s % 60:
+                raise ValueError(f"bucket_s: {bucket_s} is not a whole number of minutes")
+            columns.insert(0, (usage.c.minute - usage.c.minute % bucket_s).label("start"))
         query = sa.select(*columns, sa.func.sum(usage.c.requests).label("requests"),
                           sa.func.sum(usage.c.rows).label("rows"),
                           sa.func.sum(usage.c.latency_ms).label("latency_ms"),
@@ -74,7 +80,8 @@ class UsageQueries:
         with self.engine.connect() as conn:
             return [UsageRow(r.tenant, r.model, r.version, r.status, int(r.requests), int(r.rows),
                              round(r.latency_ms / r.requests, 3) if r.requests else 0.0,
-                             int(r.prompt_tokens or 0), int(r.completion_tokens or 0))
+                             int(r.prompt_tokens or 0), int(r.completion_tokens or 0),
+                             int(r.start) if bucket_s is not None else None)
                     for r in conn.execute(query)]
 
     def quota_used(self, key_id: str, since: float) -> int:

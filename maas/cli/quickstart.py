@@ -118,3 +118,5 @@ def quickstart(tenant: str = typer.Option("demo", "--tenant", "-t"),
     console.print(f"\nYour key (shown only now):\n  export MAAS_API_KEY={key}", markup=False,
                   highlight=False)
     _print_curls(cfg, config.resolve().parent)
+    console.print(f"\nConsole: {cfg.cluster.base_url}/  (sign in with the key above)",
+                  highlight=False)

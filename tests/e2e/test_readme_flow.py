@@ -72,6 +72,42 @@ def _readme_curl(path: str = "/v2/models/digits/infer") -> tuple[str, str]:
     return found[0]
 
 
+def _check_console(demo: str, key: str) -> None:
+    """The console URL quickstart printed, in Chromium: signed in with quickstart's key, the
+    catalog shows a card for every model of deploy.yaml."""
+    from selenium.webdriver.common.by import By
+
+    from tests.browser import screenshot_dir, start_browser
+
+    site = re.search(r"^Console: (\S+)", demo, re.MULTILINE).group(1)
+    driver = start_browser()
+    try:
+        driver.get(site)
+        deadline = time.monotonic() + 30
+        while not driver.find_elements(By.ID, "key") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        driver.find_element(By.ID, "key").send_keys(key + "\n")
+        names = []
+        while len(names) < 4 and time.monotonic() < deadline + 30:
+            time.sleep(0.3)
+            names = [c.get_attribute("data-model")
+                     for c in driver.find_elements(By.CSS_SELECTOR, "article.card")]
+        assert names == ["digits", "digits-cnn", "minilm", "smollm2"], driver.page_source[-3000:]
+        driver.save_screenshot(str(screenshot_dir() / "demo-catalog.png"))
+        # The shipped digits model reads the 7 sample as a 7, and the heatmap says why.
+        driver.find_element(By.CSS_SELECTOR, "#nav button[data-page='playground']").click()
+        time.sleep(0.5)
+        driver.find_element(By.CSS_SELECTOR, "button[data-sample='7']").click()
+        driver.find_element(By.ID, "pg-run").click()
+        while not driver.find_elements(By.CSS_SELECTOR, ".heat .cell") and \
+                time.monotonic() < deadline + 60:
+            time.sleep(0.2)
+        assert "Predicted 7" in driver.find_element(By.ID, "pg-answer").text
+        driver.save_screenshot(str(screenshot_dir() / "demo-playground.png"))
+    finally:
+        driver.quit()
+
+
 def _summary(output: str) -> dict:
     """The pipeline's --json summary: the one line of JSON in ``output``."""
     lines = [line for line in output.splitlines() if line.startswith('{"run"')]
@@ -240,6 +276,7 @@ def test_up_submit_serve_status_down(user_env):
     assert answer["model"] == "minilm@1" and answer["usage"]["prompt_tokens"] > 0
     assert [len(d["embedding"]) for d in answer["data"]] == [384] * len(json.loads(body)["input"])
     _check_chat(demo, key, user_env)
+    _check_console(demo, key)
     cards = json.loads(_run(["maas", "catalog", "--tenant", "demo", "--json"], user_env,
                             timeout=120).stdout)
     assert [c["name"] for c in cards] == ["digits", "digits-cnn", "minilm", "smollm2"]
@@ -255,10 +292,12 @@ def test_up_submit_serve_status_down(user_env):
                     for r in rows), Counter())
 
     deadline = time.monotonic() + 30  # replicas write usage every access.usage_flush_s
-    while used().get(("demo", "digits", 200)) != 3 and time.monotonic() < deadline:
+    while used().get(("demo", "digits", 200)) != 4 and time.monotonic() < deadline:
         time.sleep(0.5)
     counts = used()
-    assert counts[("demo", "digits", 200)] == 3, counts  # quickstart, its curl, the README's
+    # quickstart, its curl, the README's, the console's playground (and its explanation)
+    assert counts[("demo", "digits", 200)] == 4, counts
+    assert counts[("demo", "digits/explain", 200)] == 1, counts
     assert counts[("demo", "digits-cnn", 200)] == 1, counts
     assert counts[("demo", "minilm", 200)] == 2, counts  # quickstart and the README's example
     # quickstart, its streamed curl, the README's python; the closed stream is a 499

@@ -201,6 +201,31 @@ def test_usage_counts_equal_the_requests_sent(gated):
     assert rows[200] == 21  # 7 requests of 3 rows
 
 
+def test_explanations_are_gated_metered_apart_and_add_up(gated):
+    key = _key(gated, "explained-co")
+    assert _infer(gated, None, route="explain").status_code == 401
+    assert _infer(gated, _key(gated, "shy-co", accept=False), route="explain").status_code == 403
+    reply = _infer(gated, key, rows=2, route="explain", parameters={"steps": 16})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["parameters"]["method"] == "integrated_gradients"
+    tensors = {o["name"]: o for o in body["outputs"]}
+    assert tensors["attributions"]["shape"] == [2, 64]
+    attributions = np.array(tensors["attributions"]["data"]).reshape(2, 64)
+    change = np.array(tensors["score"]["data"]) - np.array(tensors["baseline_score"]["data"])
+    assert np.allclose(attributions.sum(axis=1), change, atol=1e-4)
+    bad = _infer(gated, key, route="explain", parameters={"steps": 0})
+    assert bad.status_code == 400 and "parameters.steps" in bad.json()["error"]
+    versioned = _infer(gated, key, route="versions/1/explain")
+    assert versioned.status_code == 200 and versioned.json()["model_version"] == "1"
+
+    def metered() -> dict:
+        return {(r.model, r.status): r.requests
+                for r in gated["store"].usage(tenant="explained-co")}
+    assert until(lambda: metered() == {(f"{NAME}/explain", 200): 2,
+                                       (f"{NAME}/explain", 400): 1}, timeout_s=15), metered()
+
+
 def test_payloads_are_logged_only_where_the_terms_allow(gated):
     import ray
 
