@@ -103,7 +103,7 @@ async function drawStatus() {
     const health = await reply.json();
     strip.append(el("span", { class: health.ready ? "ok" : "bad", text: health.ready ? "● ready" : "● not ready" }));
     for (const [model, status] of Object.entries(health.models || {})) {
-      strip.append(el("span", { text: `${model}: ${status.toLowerCase()}` }));
+      strip.append(el("span", { "data-model": model, "data-state": status.toLowerCase(), text: `${model}: ${status.toLowerCase()}` }));
     }
   } catch (err) { strip.append(el("span", { class: "bad", text: "● unreachable" })); }
   if (links.version) strip.append(el("span", { text: `maas ${links.version}` }));
@@ -138,6 +138,10 @@ function priceText(price) {
 
 async function drawCatalog() {
   [state.cards, state.accepted] = await Promise.all([api("/v2/catalog"), api("/v2/tenant/agreements")]);
+  for (const card of state.cards) {  // the strip names the version each model serves
+    const span = document.querySelector(`#status span[data-model="${CSS.escape(card.name)}"]`);
+    if (span && card.production_version != null) span.textContent = `${card.name} v${card.production_version}: ${span.dataset.state}`;
+  }
   const box = document.getElementById("cards");
   box.replaceChildren();
   for (const card of state.cards) {

@@ -76,6 +76,7 @@ def _check_console(demo: str, key: str) -> None:
     """The console URL quickstart printed, in Chromium: signed in with quickstart's key, the
     catalog shows a card for every model of deploy.yaml."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     from tests.browser import screenshot_dir, start_browser
 
@@ -104,6 +105,23 @@ def _check_console(demo: str, key: str) -> None:
             time.sleep(0.2)
         assert "Predicted 7" in driver.find_element(By.ID, "pg-answer").text
         driver.save_screenshot(str(screenshot_dir() / "demo-playground.png"))
+        # The embedder's panel: a kitten is nearer a cat than the stock market is.
+        Select(driver.find_element(By.ID, "pg-model")).select_by_value("minilm")
+        driver.find_element(By.ID, "pg-run").click()
+        while len(driver.find_elements(By.CSS_SELECTOR, ".similarity td")) < 9 and \
+                time.monotonic() < deadline + 90:
+            time.sleep(0.2)
+        cells = [float(td.text) for td in driver.find_elements(By.CSS_SELECTOR, ".similarity td")]
+        assert len(cells) == 9 and cells[0] == 1.0 and cells[1] > cells[2] + 0.2, cells
+        # The chat model's panel: streamed, with its token usage at the end.
+        Select(driver.find_element(By.ID, "pg-model")).select_by_value("smollm2")
+        driver.find_element(By.ID, "pg-run").click()
+        while "completion tokens" not in driver.find_element(By.ID, "playground").text and \
+                time.monotonic() < deadline + 150:
+            time.sleep(0.2)
+        assert "Paris" in driver.find_element(By.ID, "pg-answer").text
+        assert "completion tokens" in driver.find_element(By.ID, "playground").text
+        driver.save_screenshot(str(screenshot_dir() / "demo-chat.png"))
     finally:
         driver.quit()
 
@@ -299,9 +317,10 @@ def test_up_submit_serve_status_down(user_env):
     assert counts[("demo", "digits", 200)] == 4, counts
     assert counts[("demo", "digits/explain", 200)] == 1, counts
     assert counts[("demo", "digits-cnn", 200)] == 1, counts
-    assert counts[("demo", "minilm", 200)] == 2, counts  # quickstart and the README's example
-    # quickstart, its streamed curl, the README's python; the closed stream is a 499
-    assert counts[("demo", "smollm2", 200)] == 3 and counts[("demo", "smollm2", 499)] == 1, counts
+    # quickstart, the README's example and the console's
+    assert counts[("demo", "minilm", 200)] == 3, counts
+    # quickstart, its streamed curl, the README's python, the console's; the closed stream: 499
+    assert counts[("demo", "smollm2", 200)] == 4 and counts[("demo", "smollm2", 499)] == 1, counts
     billed = [r for r in json.loads(_run(["maas", "usage", "--json"], user_env,
                                          timeout=120).stdout) if r["model"] == "smollm2"]
     assert all(r["prompt_tokens"] > 0 and r["cost"] > 0 for r in billed), billed

@@ -134,6 +134,7 @@ def test_a_tenant_signs_in_accepts_plays_sees_usage_and_revokes(site):
         driver.save_screenshot(str(shots / "catalog.png"))
         card.find_element(By.CSS_SELECTOR, "button.accept").click()
         _wait(driver, ".accepted", text="accepted")
+        assert f"{NAME} v1: running" in driver.find_element(By.ID, "status").text
         (accepted,) = store.acceptances(model=NAME, tenant="acme")
         assert accepted.accepted_by == f"console, key maas_{site['acme_id']}_"
 

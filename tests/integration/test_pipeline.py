@@ -114,6 +114,7 @@ def test_one_server_document_and_a_docs_page_at_the_root(report, base):
     assert home["models"] == {"digits": "/v2/models/digits/infer"}
     html = requests.get(f"{base}/", headers={"Accept": "text/html"}, timeout=10)
     assert html.headers["content-type"].startswith("text/html") and 'href="/docs"' in html.text
+    assert "<title>maas console</title>" in html.text  # a browser gets the console
     # Every app keeps its own document too.
     assert requests.get(f"{base}/v2/models/digits/openapi.json", timeout=10).status_code == 200
 
