@@ -153,6 +153,7 @@ async function drawCatalog() {
       el("p", { text: card.description || "" }),
       el("p", { class: "tags", text: (card.tags || []).map(t => `#${t}`).join(" ") }),
       el("p", { text: `kind ${card.kind || "-"} · production v${card.production_version ?? "-"}${card.variant ? ` (${card.variant})` : ""} · versions ${card.versions.join(", ")}` }),
+      Object.keys(card.aliases || {}).length ? el("p", { class: "aliases", text: `aliases ${Object.entries(card.aliases).map(([a, v]) => `${a} → v${v}`).join(", ")}` }) : null,
       io ? el("p", { text: `input ${io}` }) : null,
       card.context_length ? el("p", { text: `context ${card.context_length} tokens` }) : null,
       metrics ? el("p", { class: "metrics", text: metrics }) : null,

@@ -6,6 +6,7 @@ touches another's keys or numbers. Screenshots of each page go to bench/out/cons
 
 import re
 import time
+from collections import Counter
 
 import pytest
 import requests
@@ -84,6 +85,12 @@ def test_a_tenant_sees_and_touches_only_its_own(site):
     assert {r["model"] for r in usage["series"]} == {NAME}
     assert sum(r["rows"] for r in usage["series"] if r["status"] == 200) == 12
     assert sum(r["cost"] for r in usage["series"] if r["cost"]) == pytest.approx(12 * 2.0 / 1000)
+    # The numbers `maas usage --tenant beta` sums from the same store.
+    shown = Counter()
+    for row in usage["series"]:
+        shown[(row["model"], row["status"])] += row["requests"]
+    assert shown == Counter({(r.model, r.status): r.requests
+                             for r in site["store"].usage(tenant="beta")})
     assert _get(site, "/v2/tenant/usage", site["acme"]).json()["series"] == []
     # beta may not revoke acme's key: as unknown to it as a key that does not exist
     stolen = requests.post(f"{site['base']}/v2/tenant/keys/{site['acme_id']}/revoke",
@@ -131,6 +138,7 @@ def test_a_tenant_signs_in_accepts_plays_sees_usage_and_revokes(site):
         _wait(driver, "#key").send_keys(site["acme"] + "\n")
         card = _wait(driver, f"article[data-model='{NAME}']")
         assert "2 USD / 1k rows" in card.text and "medical" in card.text
+        assert "production → v1" in card.text
         driver.save_screenshot(str(shots / "catalog.png"))
         card.find_element(By.CSS_SELECTOR, "button.accept").click()
         _wait(driver, ".accepted", text="accepted")
