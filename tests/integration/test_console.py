@@ -103,13 +103,21 @@ def test_a_tenant_sees_and_touches_only_its_own(site):
     assert stale.status_code == 409 and "version" in stale.text
 
 
-def _wait(driver, css: str, timeout_s: float = 30.0, text: str | None = None):
+def _wait(driver, css: str, timeout_s: float = 30.0, text: str | None = None, click=False):
+    """The first shown element matching ``css`` (holding ``text``), clicked if asked. A view
+    that is redrawn while it is read (the keys table after a revoke) is read again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     def found():
-        for node in driver.find_elements(By.CSS_SELECTOR, css):
-            if node.is_displayed() and (text is None or text in node.text):
-                return node
+        try:
+            for node in driver.find_elements(By.CSS_SELECTOR, css):
+                if node.is_displayed() and (text is None or text in node.text):
+                    if click:
+                        node.click()
+                    return node
+        except StaleElementReferenceException:
+            pass
         return None
     node = until(found, timeout_s=timeout_s, every_s=0.2)
     assert node is not None, f"{css!r} ({text!r}) never showed:\n{driver.page_source[-3000:]}"
@@ -147,8 +155,8 @@ def test_a_tenant_signs_in_accepts_plays_sees_usage_and_revokes(site):
         assert accepted.accepted_by == f"console, key maas_{site['acme_id']}_"
 
         _page(driver, "playground")
-        _wait(driver, "button[data-sample='7']").click()
-        _wait(driver, "#pg-run").click()
+        _wait(driver, "button[data-sample='7']", click=True)
+        _wait(driver, "#pg-run", click=True)
         assert "Predicted" in _wait(driver, "#pg-answer", text="Predicted").text
         _wait(driver, ".heat .cell")
         bars = driver.find_elements(By.CSS_SELECTOR, ".bars li")
@@ -162,27 +170,32 @@ def test_a_tenant_signs_in_accepts_plays_sees_usage_and_revokes(site):
         driver.save_screenshot(str(shots / "playground.png"))
 
         def requests_shown(model: str) -> int | None:
+            from selenium.common.exceptions import StaleElementReferenceException
+
             _page(driver, "usage", shots)
-            row = f"#usage-table tr[data-model='{model}'][data-status='200']"
-            rows = driver.find_elements(By.CSS_SELECTOR, f"{row} td.requests")
-            return int(rows[0].text) if rows else None
+            row = f"#usage-table tr[data-model='{model}'][data-status='200'] td.requests"
+            try:
+                rows = driver.find_elements(By.CSS_SELECTOR, row)
+                return int(rows[0].text) if rows else None
+            except StaleElementReferenceException:  # redrawn while read: read it next time
+                return None
         before = until(lambda: requests_shown(NAME), timeout_s=20)
         assert before == 1 and until(lambda: requests_shown(f"{NAME}/explain"), timeout_s=20)
         _page(driver, "playground")  # as it was left: the drawing and its answer
         assert driver.find_elements(By.CSS_SELECTOR, ".draw .cell[aria-pressed='true']")
-        _wait(driver, "#pg-run").click()
+        _wait(driver, "#pg-run", click=True)
         _wait(driver, ".heat .cell")
         assert until(lambda: requests_shown(NAME) == before + 1, timeout_s=20)
         assert "beta" not in driver.find_element(By.ID, "usage").text
 
         _page(driver, "keys", shots)
-        _wait(driver, f"button.revoke[data-key='{site['spare_id']}']").click()
+        _wait(driver, f"button.revoke[data-key='{site['spare_id']}']", click=True)
         _wait(driver, f"tr[data-key='{site['spare_id']}']", text="revoked")
         assert until(lambda: requests.post(
             f"{site['base']}/v2/models/{NAME}/infer", json=site["body"], timeout=30,
             headers={"Authorization": f"Bearer {site['spare']}"}).status_code == 401,
             timeout_s=10)
-        _wait(driver, f"button.revoke[data-key='{site['acme_id']}']").click()
+        _wait(driver, f"button.revoke[data-key='{site['acme_id']}']", click=True)
         _wait(driver, "#key")  # signed out: its own key is gone
         _wait(driver, "#key").send_keys(site["acme"] + "\n")
         assert "revoked" in _wait(driver, "#error", text="revoked").text
