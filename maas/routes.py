@@ -23,6 +23,20 @@ OPENAI_ROUTE = "/v1"
 LEGACY_SERVER_APP = "maas"
 
 
+EXPLAIN = "explain"  # a model's explain route, and the suffix its usage is metered under
+
+
+def explain_usage_name(model_name: str) -> str:
+    """The model name an explanation's usage is counted under (``<name>/explain``)."""
+    return f"{model_name}/{EXPLAIN}"
+
+
+def priced_as(usage_model: str) -> str:
+    """The model whose catalog prices a usage row of ``usage_model``: an explanation is
+    priced as its model's rows."""
+    return usage_model.removesuffix(f"/{EXPLAIN}")
+
+
 def model_app_name(model_name: str) -> str:
     """The Serve application (and deployment) name of ``model_name``'s app."""
     return f"{MODEL_APP_PREFIX}{model_name}"

@@ -21,9 +21,10 @@ from fastapi.responses import Response
 
 import maas
 from maas.access import AccessStore, KeyRecord
-from maas.access.records import iso
+from maas.access.records import iso, key_id_of
 from maas.catalog import CatalogEntry, usage_cost
 from maas.oip import InferError
+from maas.routes import priced_as
 
 ASSETS = Path(__file__).with_name("console")
 ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -79,14 +80,14 @@ def keys(store: AccessStore, record: KeyRecord) -> list[dict[str, object]]:
     return [k.public() for k in reversed(store.keys(record.tenant))]
 
 
-def revoke(store: AccessStore, record: KeyRecord, key_id: str) -> dict[str, object]:
-    """Revoke one of the tenant's own keys; another tenant's key is as unknown as a missing
-    one (404: no way to probe which key ids exist)."""
-    key_id = key_id.removeprefix("maas_").split("_")[0]
+def revoke(store: AccessStore, record: KeyRecord, key_id: str) -> KeyRecord:
+    """Revoke one of the tenant's own keys, and return it as stored now; another tenant's
+    key is as unknown as a missing one (404: no way to probe which key ids exist)."""
+    key_id = key_id_of(key_id)
     target = store.key(key_id)
     if target is None or target.tenant != record.tenant:
         raise InferError(404, f"key_id: tenant {record.tenant!r} has no key {key_id!r}")
-    return store.revoke(key_id).public()
+    return store.revoke(key_id)
 
 
 def usage(store: AccessStore, record: KeyRecord, prices: list[CatalogEntry], hours: int,
@@ -103,7 +104,7 @@ def usage(store: AccessStore, record: KeyRecord, prices: list[CatalogEntry], hou
                        bucket_s=BUCKETS[bucket])
     series = []
     for row in rows:
-        entry = by_model.get(row.model.split("/")[0])
+        entry = by_model.get(priced_as(row.model))
         cost = None if entry is None else usage_cost(row, entry)
         series.append({"start": iso(row.start), "model": row.model, "version": row.version,
                        "status": row.status, "requests": row.requests, "rows": row.rows,
@@ -128,7 +129,7 @@ def accept(store: AccessStore, record: KeyRecord, model: str, version: int,
                               f"current one; reload the catalog and accept version "
                               f"{current.version}")
     done = store.accept(record.tenant, model, version,
-                        accepted_by=f"console, key maas_{record.key_id}_")
+                        accepted_by=f"console, key {record.public()['prefix']}")
     return done.public()
 
 

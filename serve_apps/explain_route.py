@@ -18,7 +18,6 @@ from maas.oip import InferenceRequest, InferError
 from serve_apps.http import validation_error
 from serve_apps.versions import Answer, Loaded
 
-EXPLAIN = "explain"
 
 
 class ExplainRequest(InferenceRequest):

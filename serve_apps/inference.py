@@ -40,7 +40,7 @@ from maas.app_args import InferenceArgs
 from maas.errors import MaasError
 from maas.oip import (BINARY_HEADER, ErrorBody, InferenceRequest, InferenceResponse, InferError,
                       ModelMetadata, datatype_of, parse_request)
-from maas.routes import model_app_name
+from maas.routes import EXPLAIN, explain_usage_name, model_app_name
 from serve_apps import REPLICA_LOG
 from serve_apps.batching import MicroBatcher
 from serve_apps.gate import NOBODY, AccessGate, Admission
@@ -48,7 +48,7 @@ from serve_apps.http import CallFailure, api_body, make_api, read_json_body, val
 from serve_apps.infer_route import InferFront
 from serve_apps.lean import lean_runtime_env, quiet_gc
 from serve_apps.metering import ReplicaMetrics
-from serve_apps.explain_route import EXPLAIN, ExplainRequest, explain, parse_explain
+from serve_apps.explain_route import ExplainRequest, explain, parse_explain
 from serve_apps.versions import Answer, Loaded, Versions
 from serve_apps.wire import coalesce_response_heads
 
@@ -166,7 +166,7 @@ class ModelServer:
             return await asyncio.to_thread(explain, loaded, body, self.args.serve.max_rows)
 
         answer = await self._measured(request.headers, version, body, compute,
-                                      f"{self.args.name}/{EXPLAIN}")
+                                      explain_usage_name(self.args.name))
         return Response(answer.json(), media_type="application/json")
 
     async def call(self, headers: dict[str, str], body: InferenceRequest,

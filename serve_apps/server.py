@@ -170,8 +170,8 @@ class Server:
         """Revoke one of the tenant's own keys (this one too, if asked)."""
         record = await self._tenant(request)
         revoked = await asyncio.to_thread(console.revoke, self.gate.store, record, key_id)
-        self.gate.known(await asyncio.to_thread(self.gate.store.key, revoked["key_id"]))
-        return JSONResponse(revoked)
+        self.gate.known(revoked)
+        return JSONResponse(revoked.public())
 
     @api.get(f"{TENANT}/usage", responses=TENANT_ERRORS)
     async def tenant_usage(self, request: Request, hours: int = 24,

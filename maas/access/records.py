@@ -101,6 +101,11 @@ def key_digest(salt: str, secret: str) -> str:
     return hashlib.sha256(f"{salt}:{secret}".encode()).hexdigest()
 
 
+def key_id_of(text: str) -> str:
+    """A key id from an id or a key's printed prefix (``maas_<id>_...``)."""
+    return text.removeprefix(KEY_PREFIX).split("_")[0]
+
+
 def split_key(key: str) -> tuple[str, str] | None:
     """``maas_<id>_<secret>`` -> (id, secret); None for anything else."""
     if not key.startswith(KEY_PREFIX):

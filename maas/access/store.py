@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from maas.access.records import (KEY_PREFIX, Acceptance, AccessError, Agreement, KeyRecord,
-                                 Quota, key_digest, stored_terms, terms_digest)
+                                 Quota, key_digest, key_id_of, stored_terms, terms_digest)
 from maas.access.tables import acceptances, agreements, api_keys, engine, tenants
 from maas.access.usage import UsageQueries
 from maas.config import TENANT_PATTERN, AgreementConfig, ModelConfig
@@ -110,7 +110,7 @@ class AccessStore(UsageQueries):
 
     def revoke(self, key_id: str) -> KeyRecord:
         """Revoke ``key_id`` (a key id or the key's printed prefix); revoking twice is fine."""
-        key_id = key_id.removeprefix(KEY_PREFIX).split("_")[0]
+        key_id = key_id_of(key_id)
         with self.engine.begin() as conn:
             conn.execute(api_keys.update().where(api_keys.c.key_id == key_id,
                                                  api_keys.c.revoked_at.is_(None))

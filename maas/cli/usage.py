@@ -47,25 +47,27 @@ def usage(tenant: Optional[str] = typer.Option(None, "--tenant", "-t"),
     """Metered requests per tenant, model, version and status: rows, LLM prompt and
     completion tokens, mean latency, and their cost at the catalog's prices."""
     from maas.catalog import usage_cost
+    from maas.routes import priced_as
 
     cfg = deploy_config(config)
     rows = access_store(cfg, announce=False).usage(tenant, model,
                                                    parse_option(parse_since, since))
     prices = {m.name: m.catalog for m in cfg.models}
-    costs = [None if r.model not in prices else usage_cost(r, prices[r.model]) for r in rows]
+    priced = [prices.get(priced_as(r.model)) for r in rows]  # an explanation: its model's
+    costs = [None if p is None else usage_cost(r, p) for r, p in zip(rows, priced)]
     if as_json:
         echo_json([asdict(r) | {"cost": None if cost is None else round(cost, 6),
-                                "currency": None if cost is None else prices[r.model].currency}
-                   for r, cost in zip(rows, costs)])
+                                "currency": None if cost is None else p.currency}
+                   for r, cost, p in zip(rows, costs, priced)])
         return
     table = Table(title="usage" + (f" since {since}" if since else ""))
     for column in ("tenant", "model", "version", "status", "requests", "rows", "prompt tok",
                    "completion tok", "mean ms", "cost"):
         table.add_column(column)
-    for r, cost in zip(rows, costs):
+    for r, cost, p in zip(rows, costs, priced):
         table.add_row(r.tenant, r.model, r.version, str(r.status), str(r.requests), str(r.rows),
                       str(r.prompt_tokens), str(r.completion_tokens), f"{r.mean_latency_ms:.2f}",
-                      "-" if cost is None else f"{cost:.4f} {prices[r.model].currency}")
+                      "-" if cost is None else f"{cost:.4f} {p.currency}")
     print_table(table)
 
 

@@ -40,3 +40,10 @@ def test_the_status_links_show_no_credentials_and_no_local_path():
     local = console.links("sqlite:////home/alice/.maas/mlflow.db", "http://127.0.0.1:8265")
     assert local["mlflow"] is None and "alice" not in str(local)
     assert local["dashboard"] == "http://127.0.0.1:8265"
+
+
+def test_an_explanation_is_priced_as_its_models_rows():
+    from maas.routes import explain_usage_name, priced_as
+
+    assert priced_as(explain_usage_name("digits")) == "digits" == priced_as("digits")
+    assert priced_as("ft-abc") == "ft-abc"
