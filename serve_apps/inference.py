@@ -25,6 +25,7 @@ reaches the same replicas through :meth:`ModelServer.call`, with the same checks
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Awaitable, Callable, Mapping
 
 import numpy as np
@@ -49,7 +50,7 @@ from serve_apps.infer_route import InferFront
 from serve_apps.lean import lean_runtime_env, quiet_gc
 from serve_apps.metering import ReplicaMetrics
 from serve_apps.explain_route import ExplainRequest, explain, parse_explain
-from serve_apps.versions import Answer, Loaded, Versions
+from serve_apps.versions import Answer, Loaded, Versions, load
 from serve_apps.wire import coalesce_response_heads
 
 api = make_api(title="maas model", description="Open Inference Protocol v2 for one model")
@@ -77,8 +78,9 @@ class ModelServer:
         self.args = args
         self.digest = args.digest()
         serving = args.serve
-        self.versions = Versions(args.registry(), args.name, serving.ort_threads, args.version,
-                                 serving.alias_poll_s, serving.canary_weight)
+        loader = partial(load, threads=serving.ort_threads, spin=serving.ort_spin)
+        self.versions = Versions(args.registry(), args.name, args.version,
+                                 serving.alias_poll_s, serving.canary_weight, loader=loader)
         self._metrics = ReplicaMetrics()
         self._metrics_flusher: asyncio.Task | None = None  # started by the first request
         self._in_flight = 0  # infer requests between admission and answer (HTTP and handle)

@@ -121,9 +121,10 @@ class LLMServer:
         self.digest = args.digest()
         serving = args.serve
         root = Path(args.state_dir).expanduser() / "serving"
-        loader = partial(load_llm, root=root, settings=serving.llm, threads=serving.ort_threads)
+        loader = partial(load_llm, root=root, settings=serving.llm, threads=serving.ort_threads,
+                         spin=serving.ort_spin)
         # One explicit version besides the aliases: each holds a whole key/value cache.
-        self.versions = Versions(args.registry(), args.name, serving.ort_threads, args.version,
+        self.versions = Versions(args.registry(), args.name, args.version,
                                  serving.alias_poll_s, serving.canary_weight, loader=loader,
                                  explicit_kept=1, release=_drain)
         self.gate = (AccessGate(args.access, args.name, args.agreement, owner=args.owner,

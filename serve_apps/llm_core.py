@@ -51,7 +51,7 @@ class LoadedLLM:
 
 
 def load_llm(registry: RegistryView, name: str, number: int, root: Path, settings: LLMServeConfig,
-             threads: int) -> LoadedLLM:
+             threads: int, spin: bool = False) -> LoadedLLM:
     """Fetch, verify and open ``number`` of ``name`` into an engine (RegistryError if it is
     not a chat LLM)."""
     info = registry.get(name, number)
@@ -59,7 +59,7 @@ def load_llm(registry: RegistryView, name: str, number: int, root: Path, setting
         raise RegistryError(f"model {name!r} version {number} is of kind {info.kind!r}, not a "
                             f"chat LLM ({KIND!r}); deploy it without pretrained.task: chat")
     folder = materialize(registry, info, root)
-    model = ChatModel.open(folder, settings, threads)
+    model = ChatModel.open(folder, settings, threads, spin)
     log.info("loaded LLM %s version %s (%s, sha256 %s, context %d)", name, number, info.variant,
              info.sha256, model.context_length)
     return LoadedLLM(info=info, model=model)

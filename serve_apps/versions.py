@@ -66,7 +66,8 @@ class Loaded:
         return [produced[name] for name in wanted]
 
 
-def load(registry: RegistryView, name: str, version: int, threads: int) -> Loaded:
+def load(registry: RegistryView, name: str, version: int, threads: int,
+         spin: bool = False) -> Loaded:
     """Fetch, verify and open ``version`` of ``name`` (RegistryError when it cannot be used)."""
     info = registry.get(name, version)
     encoder = None
@@ -75,7 +76,7 @@ def load(registry: RegistryView, name: str, version: int, threads: int) -> Loade
     elif info.kind != "onnx":
         raise RegistryError(f"model {info.name!r} version {info.version} is of kind "
                             f"{info.kind!r}, which this maas release cannot serve; upgrade")
-    session = ort_session(registry.load(info), threads=threads)
+    session = ort_session(registry.load(info), threads=threads, spin=spin)
     log.info("loaded model %s version %s (%s, %s, sha256 %s)", info.name, info.version,
              info.kind, info.variant, info.sha256)
     return Loaded(info, session, {s.name: s for s in info.inputs},
@@ -112,16 +113,16 @@ class Versions:
     """A replica's loaded versions of model ``name``: the aliases' (or the pinned
     ``version``), swapped in whole, and up to EXPLICIT_VERSIONS_KEPT asked for by number."""
 
-    def __init__(self, registry: RegistryView, name: str, threads: int, pinned: int | None,
+    def __init__(self, registry: RegistryView, name: str, pinned: int | None,
                  poll_s: float, canary_weight: float,
-                 loader: Callable[[RegistryView, str, int], Any] | None = None,
+                 loader: Callable[[RegistryView, str, int], Any],
                  explicit_kept: int = EXPLICIT_VERSIONS_KEPT,
                  release: Callable[[Any], None] | None = None):
-        self.registry, self.name, self.threads = registry, name, threads
+        self.registry, self.name = registry, name
         self.canary_weight = canary_weight
-        # What a version becomes in memory: an ONNX session here; serve_apps.llm loads an
-        # engine with its cache instead, and keeps fewer of them.
-        self._loader = loader or (lambda reg, model, number: load(reg, model, number, threads))
+        # What a version becomes in memory: an ONNX session (``load``, serve_apps.inference);
+        # serve_apps.llm loads an engine with its cache instead, and keeps fewer of them.
+        self._loader = loader
         self._explicit_kept = explicit_kept
         self._release = release  # a version no longer held: free what it holds (an engine)
         self._load_lock = threading.Lock()

@@ -87,6 +87,10 @@ class ServeConfig(StrictModel):
     autoscaling: AutoscalingConfig | None = Field(None, description="set: replaces num_replicas")
     cpus_per_replica: float = Field(0.25, gt=0.0, description="CPUs Ray reserves per replica")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads")
+    ort_spin: bool = Field(
+        False, description="let those threads spin-wait between runs: faster on cores the "
+                           "replica has to itself, but on shared cores they starve the "
+                           "processes around it (streamed answers then arrive in one burst)")
     max_rows: int = Field(1024, ge=1, description="rows allowed in one infer request")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
     body_timeout_s: float = Field(

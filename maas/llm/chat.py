@@ -41,11 +41,12 @@ class ChatModel:
     model_dir: Path
 
     @classmethod
-    def open(cls, model_dir: Path, settings: LLMServeConfig, threads: int) -> ChatModel:
+    def open(cls, model_dir: Path, settings: LLMServeConfig, threads: int,
+             spin: bool = False) -> ChatModel:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
-        engine = Engine(model_dir, settings, threads, tokenizer)
+        engine = Engine(model_dir, settings, threads, tokenizer, spin)
         return cls(engine=engine, tokenizer=tokenizer, template=_template(model_dir),
                    model_dir=model_dir)
 

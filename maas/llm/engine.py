@@ -52,9 +52,10 @@ class Engine:
     """A replica's generator: one cache, one scheduling thread, any number of requests."""
 
     def __init__(self, model_dir: Path, settings: LLMServeConfig, threads: int,
-                 tokenizer: object):
+                 tokenizer: object, spin: bool = False):
         self.settings = settings
-        self.cache = KVCache(model_dir, settings.max_num_seqs, settings.context_length, threads)
+        self.cache = KVCache(model_dir, settings.max_num_seqs, settings.context_length, threads,
+                             spin)
         self.context_length = self.cache.context_length
         self.tokenizer = tokenizer
         self._eos = frozenset(self.cache.shape.eos_token_ids)

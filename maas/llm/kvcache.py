@@ -61,13 +61,14 @@ class DecoderShape:
 class KVCache:
     """The session and its cache buffers: ``prefill`` one slot, ``decode`` the first B slots."""
 
-    def __init__(self, model_dir: Path, slots: int, context_length: int, threads: int):
+    def __init__(self, model_dir: Path, slots: int, context_length: int, threads: int,
+                 spin: bool = False):
         import onnxruntime as ort
 
         self.shape = DecoderShape.read(model_dir)
         self.slots = slots
         self.context_length = min(context_length, self.shape.context_length)
-        self.session = ort_session(model_dir / "model.onnx", threads)
+        self.session = ort_session(model_dir / "model.onnx", threads, spin)
         dims = (slots, self.shape.kv_heads, self.context_length, self.shape.head_size)
         # np.zeros maps pages lazily: memory is touched only where sequences have written.
         self.buffers = [np.zeros(dims, np.float32) for _ in range(2 * self.shape.layers)]

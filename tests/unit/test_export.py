@@ -52,6 +52,18 @@ def test_exported_graph_has_a_dynamic_batch_axis(exported, splits):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_sessions_spin_wait_only_when_asked(exported):
+    from maas.config import ServeConfig
+
+    _, path = exported
+    spinning = "session.intra_op.allow_spinning"
+    assert not ServeConfig().ort_spin
+    for spin, entry in ((False, "0"), (True, "1")):
+        options = ort_session(path, threads=2, spin=spin).get_session_options()
+        assert options.get_session_config_entry(spinning) == entry
+        assert options.intra_op_num_threads == 2
+
+
 def test_exported_names_are_compact_but_the_signature_is_kept(exported):
     import onnx
 

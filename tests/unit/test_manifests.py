@@ -1,6 +1,11 @@
-"""cluster/ manifests parse, and the RayService runs exactly what `maas serve-config` emits."""
+"""cluster/ manifests parse, Kubernetes would accept them (KubeRay's CRDs, core schemas), and the
+RayService runs exactly what `maas serve-config` emits."""
 
+import copy
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -9,9 +14,12 @@ from typer.testing import CliRunner
 from maas.cli import app
 from maas.config import load_config
 from maas.serve_config import serve_config
+from tests.kube_schema import CRD_FILES, KUBERAY, problems
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
+# Every manifest but cluster.yaml, which is `ray up`'s launcher config, not a Kubernetes object.
+KUBE_MANIFESTS = sorted(p.name for p in CLUSTER.glob("*.yaml") if p.name != "cluster.yaml")
 pytestmark = pytest.mark.unit
 
 
@@ -73,3 +81,109 @@ def test_ray_up_config_has_head_and_autoscaling_workers():
     assert worker["max_workers"] > worker["min_workers"]
     assert any("RAY_AUTH_MODE=token" in c for c in launcher["head_start_ray_commands"])
     assert any("RAY_AUTH_MODE=token" in c for c in launcher["worker_start_ray_commands"])
+
+
+def test_the_manifests_hold_every_kuberay_kind():
+    assert {d["kind"] for name in KUBE_MANIFESTS for d in _docs(name)} >= set(CRD_FILES)
+
+
+def test_kuberays_crds_are_beside_the_checkout():
+    missing = [n for n in CRD_FILES.values() if not (KUBERAY / n).is_file()]
+    assert not missing, (f"{KUBERAY} lacks {missing}: the manifest tests validate against "
+                         "KubeRay's CRDs there (shared/kuberay beside the checkout, as in CI)")
+
+
+@pytest.mark.parametrize("name", KUBE_MANIFESTS)
+def test_kubernetes_accepts_every_manifest(name):
+    for i, doc in enumerate(_docs(name)):
+        assert problems(doc, f"cluster/{name}#{i}") == []
+
+
+# Each mutation below is one mistake Kubernetes refuses; the error must name its JSON path.
+def _set(*keys: str | int, value: object) -> Callable[[dict], None]:
+    return lambda doc: _at(doc, keys[:-1]).__setitem__(keys[-1], value)
+
+
+def _drop(*keys: str | int) -> Callable[[dict], None]:
+    return lambda doc: _at(doc, keys[:-1]).pop(keys[-1])
+
+
+def _rename(*keys: str | int, to: str) -> Callable[[dict], None]:
+    return lambda doc: _at(doc, keys[:-1]).__setitem__(to, _at(doc, keys[:-1]).pop(keys[-1]))
+
+
+def _at(doc: Any, keys: tuple) -> Any:
+    for key in keys:
+        doc = doc[key]
+    return doc
+
+
+HEAD = ("spec", "headGroupSpec")
+WORKER = ("spec", "workerGroupSpecs", 0)
+SUBMITTER = ("spec", "submitterPodTemplate", "spec", "containers", 0)
+SERVICE = ("spec", "rayClusterConfig")
+BROKEN = [
+    ("raycluster.yaml", _rename(*HEAD, to="headGroupSpc"), "$.spec.headGroupSpc: unknown field"),
+    ("raycluster.yaml", _rename(*HEAD, "rayStartParams", to="rayStartParam"),
+     "$.spec.headGroupSpec.rayStartParam: unknown field"),
+    ("raycluster.yaml", _set(*WORKER, "replicas", value="two"),
+     "$.spec.workerGroupSpecs[0].replicas: 'two' is not of type 'integer'"),
+    ("raycluster.yaml", _drop(*WORKER, "groupName"),
+     "$.spec.workerGroupSpecs[0].groupName: required field is missing"),
+    ("raycluster.yaml", _set(*HEAD, "template", "spec", "containers", 0, "resources", "limits",
+                             "cpu", value=[2]),
+     "$.spec.headGroupSpec.template.spec.containers[0].resources.limits.cpu"),
+    ("raycluster.yaml", _set(*HEAD, "template", "spec", "containers", 0, "env", value=[
+        {"name": "A", "value": "1"}, {"name": "A", "value": "2"}]),
+     "$.spec.headGroupSpec.template.spec.containers[0].env: duplicate item ['A']"),
+    ("raycluster.yaml", _set("metadata", "name", value="Maas_Cluster"), "$.metadata.name"),
+    ("raycluster.yaml", _set("apiVersion", value="ray.io/v2"),
+     "$.apiVersion: RayCluster 'ray.io/v2' is not served"),
+    ("rayjob.yaml", _rename("spec", "entrypoint", to="entryPoint"),
+     "$.spec.entryPoint: unknown field"),
+    ("rayjob.yaml", _set("spec", "backoffLimit", value="two"),
+     "$.spec.backoffLimit: 'two' is not of type 'integer'"),
+    ("rayjob.yaml", _drop(*SUBMITTER, "name"),
+     "$.spec.submitterPodTemplate.spec.containers[0].name: required field is missing"),
+    ("rayjob.yaml", _drop("metadata", "name"), "$.metadata.name: required field is missing"),
+    ("rayservice.yaml", _rename(*SERVICE, "workerGroupSpecs", to="workerGroupSpec"),
+     "$.spec.rayClusterConfig.workerGroupSpec: unknown field"),
+    ("rayservice.yaml", _set(*SERVICE, "workerGroupSpecs", 0, "replicas", value="two"),
+     "$.spec.rayClusterConfig.workerGroupSpecs[0].replicas: 'two' is not of type 'integer'"),
+    ("rayservice.yaml", _drop(*SERVICE, "headGroupSpec", "template"),
+     "$.spec.rayClusterConfig.headGroupSpec.template: required field is missing"),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate", "expected"), BROKEN,
+                         ids=[f"{name}:{expected.split(':')[0]}" for name, _, expected in BROKEN])
+def test_a_broken_kuberay_manifest_is_refused_with_its_path(name, mutate, expected):
+    doc = copy.deepcopy(_docs(name)[0])
+    mutate(doc)
+    found = problems(doc, f"cluster/{name}#0")
+    assert any(expected in line for line in found), found
+    assert all(line.startswith(f"cluster/{name}#0: ") for line in found)
+
+
+def test_an_int_or_string_quantity_takes_an_integer():
+    doc = copy.deepcopy(_docs("raycluster.yaml")[0])
+    _set(*HEAD, "template", "spec", "containers", 0, "resources", "limits", "cpu", value=2)(doc)
+    assert problems(doc, "raycluster.yaml#0") == []
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (_rename("spec", "accessModes", to="accesModes"), "$.spec.accesModes: unknown field"),
+    (_set("spec", "resources", "requests", "storage", value=[20]),
+     "$.spec.resources.requests.storage"),
+    (_set("kind", value="PersistentVolumeClaims"), "is kind 'PersistentVolumeClaims' spelt"),
+], ids=["misspelt", "wrong-type", "unknown-kind"])
+def test_a_broken_core_object_is_refused(mutate, expected):
+    pvc = copy.deepcopy(next(d for d in _docs("raycluster.yaml")
+                             if d["kind"] == "PersistentVolumeClaim"))
+    mutate(pvc)
+    assert any(expected in line for line in problems(pvc, "raycluster.yaml#1"))
+
+
+def test_missing_crds_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
+        problems(_docs("rayjob.yaml")[0], "rayjob.yaml#0", crd_dir=tmp_path)
