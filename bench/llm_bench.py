@@ -310,7 +310,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stand_up(state: Path) -> tuple[str, str]:
+def stand_up(state: Path, spin: bool = False) -> tuple[str, str]:
     """The chat model through maas's pipeline on the Ray cluster this process started (its
     build cache shared with the in-process engines); (base URL, a tenant's key)."""
     from rich.console import Console
@@ -320,7 +320,8 @@ def stand_up(state: Path) -> tuple[str, str]:
     from maas.config import parse_config
 
     cfg = parse_config({"state_dir": str(state), "cluster": {"http_port": _free_port()},
-                        "models": [SERVED_MODEL]})
+                        "models": [SERVED_MODEL | {"serve": SERVED_MODEL["serve"] |
+                                                   {"ort_spin": spin}}]})
     cache = cfg.state_path / "cache" / "llm"  # where jobs.llm builds: the bench's own cache
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.symlink_to(CACHE.resolve(), target_is_directory=True)
@@ -457,6 +458,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--key", default=os.environ.get("MAAS_API_KEY"),
                         help="API key for --base-url (default: $MAAS_API_KEY)")
     parser.add_argument("--model", default=MODEL, help="served model name for --base-url")
+    parser.add_argument("--ort-spin", action="store_true",
+                        help="serve with serve.ort_spin on (ONNX Runtime's threads spin-wait "
+                             "between runs, as genai's do in this process); off as shipped")
     return parser.parse_args()
 
 
@@ -514,7 +518,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            base_url, key = stand_up(Path(tmp) / "state")
+            base_url, key = stand_up(Path(tmp) / "state", args.ort_spin)
             runners["served"], rounds["served"] = served_runner(base_url, key, MODEL), \
                 args.requests
             cells = measure(runners, rounds, args.runs)
@@ -522,7 +526,8 @@ def main() -> None:
             serve.shutdown()
             ray.shutdown()
     _write(args, cells, "maas on a local Ray cluster of 2 CPUs, 1 replica, int4, "
-                        "2 ORT threads, max_num_seqs 16")
+                        f"2 ORT threads (spinning {'on' if args.ort_spin else 'off'}), "
+                        "max_num_seqs 16")
 
 
 if __name__ == "__main__":
