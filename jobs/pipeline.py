@@ -34,6 +34,7 @@ from maas.cluster import Connection, connect, ensure_auth_mode, session_logs_dir
 from maas.config import DeployConfig, load_config
 from maas.errors import MaasError
 from maas.registry import Registry
+from maas.stores import cluster_machines, require_shared_stores
 from maas.tracking import Tracker
 
 
@@ -58,6 +59,7 @@ def run_pipeline(cfg: DeployConfig, console: Console | None = None, run_name: st
     """
     console = console or Console(soft_wrap=True)
     connection = connection or connect(cfg.cluster)
+    require_shared_stores(cfg, cluster_machines())
     tracker = Tracker(cfg)
     registry = Registry.from_config(cfg)
     registry.require_key()

@@ -31,9 +31,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.command()
 def validate(config: Path = ConfigArg) -> None:
     """Check deploy.yaml; print OK or every problem with its key path (exit code 2)."""
+    from maas.stores import node_local_stores
+
     cfg = load(config)
     names = ", ".join(m.name for m in cfg.models)
     console.print(f"OK: {config} ({len(cfg.models)} model(s): {names})", highlight=False)
+    local = node_local_stores(cfg)
+    if local:  # fine on one machine; `maas run` refuses them on a cluster spanning machines
+        console.print(f"[dim]One machine only: {'; '.join(local)}. A cluster spanning "
+                      "machines needs PostgreSQL and an MLflow server (cluster/README.md).[/]",
+                      highlight=False)
 
 
 app.command()(cluster.up)

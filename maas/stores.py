@@ -1,0 +1,71 @@
+"""Which of a deployment's stores live on one node's disk, and the refusal to run a cluster of
+several nodes on them.
+
+SQLite under ``state_dir`` (the access store, MLflow's tracking and registry database) and
+artifacts under a local path are right for one machine: ``maas up``, demos, tests. On a Ray
+cluster of several nodes each node's replicas and workers would open their own copy (their
+own keys, limits and usage; a model registered on one node missing on another), and SQLite
+on a volume the nodes share is no better: its file locks do not hold over NFS and similar
+network filesystems, so concurrent writers corrupt it. Such a cluster needs PostgreSQL (or
+another server database) for the access store, and an MLflow tracking server that serves
+artifacts (``mlflow server --serve-artifacts``) for tracking and the registry; cluster/README.md
+walks through both.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from maas.config import DeployConfig
+from maas.errors import MaasError
+
+# URL schemes of stores every node reaches over the network.
+SERVER_DATABASES = ("postgresql", "mysql", "mssql", "oracle")
+TRACKING_SERVERS = ("http", "https", "databricks")
+
+
+class NodeLocalStores(MaasError):
+    """The deployment's stores are on one node's disk, and the cluster spans more machines."""
+
+    status = 409
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url).scheme.split("+", 1)[0].lower()
+
+
+def node_local_stores(cfg: DeployConfig) -> list[str]:
+    """The config keys, with their URLs, of the stores that live on one node's disk."""
+    found = []
+    if _scheme(cfg.access_store) not in SERVER_DATABASES:
+        found.append(f"access.store ({cfg.access_store})")
+    tracking = _scheme(cfg.tracking_uri)
+    if tracking not in TRACKING_SERVERS:
+        # A server database still leaves MLflow's artifacts under state_dir on this node.
+        where = "artifacts" if tracking in SERVER_DATABASES else "database and artifacts"
+        found.append(f"tracking.uri ({cfg.tracking_uri}: its {where} on this node's disk)")
+    if cfg.registry.uri and _scheme(cfg.registry.uri) not in (*SERVER_DATABASES,
+                                                             *TRACKING_SERVERS):
+        found.append(f"registry.uri ({cfg.registry.uri})")
+    return found
+
+
+def require_shared_stores(cfg: DeployConfig, machines: int) -> None:
+    """Refuse (409) a cluster spanning ``machines`` > 1 whose stores are on one node's disk.
+    (Nodes on one machine share its disk, where SQLite's locks hold.)"""
+    local = node_local_stores(cfg)
+    if machines > 1 and local:
+        raise NodeLocalStores(
+            f"this Ray cluster spans {machines} machines, but {'; '.join(local)} live on one "
+            "node's "
+            "disk: replicas on the other nodes would each open their own copy (SQLite on a "
+            "shared volume is unsafe too: its locks do not hold over network filesystems). Set "
+            "access.store to postgresql+psycopg://... and tracking.uri to an MLflow server "
+            "started with --serve-artifacts (see cluster/README.md), or run on one node")
+
+
+def cluster_machines() -> int:
+    """Machines (distinct node addresses) of the connected Ray cluster's live nodes."""
+    import ray
+
+    return len({node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")})
