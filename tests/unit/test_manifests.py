@@ -1,7 +1,9 @@
 """cluster/ manifests parse, Kubernetes would accept them (KubeRay's CRDs, core schemas), and the
-RayService runs exactly what `maas serve-config` emits."""
+RayService runs exactly what `maas serve-config` emits; credentials come from Secrets, and the
+NetworkPolicies select the pods the manifests make."""
 
 import copy
+import itertools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -187,3 +189,128 @@ def test_a_broken_core_object_is_refused(mutate, expected):
 def test_missing_crds_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
         problems(_docs("rayjob.yaml")[0], "rayjob.yaml#0", crd_dir=tmp_path)
+
+
+# ---- beyond one machine: credentials, and who may reach what ---------------------------------
+
+def _objects() -> list[dict]:
+    return [doc for name in KUBE_MANIFESTS for doc in _docs(name)]
+
+
+def _ray_groups() -> list[tuple[dict, str, dict]]:
+    """(RayCluster or RayService, node type, group spec) of every Ray node group."""
+    found = []
+    for doc in _objects():
+        if doc["kind"] in ("RayCluster", "RayService"):
+            spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterConfig"]
+            found += [(doc, "head", spec["headGroupSpec"])]
+            found += [(doc, "worker", group) for group in spec["workerGroupSpecs"]]
+    return found
+
+
+def _pod_templates() -> list[tuple[str, dict]]:
+    """(where, pod template) of every pod the manifests make, with the labels it will carry:
+    KubeRay adds ray.io/cluster (the RayCluster's name) and ray.io/node-type to Ray pods."""
+    found = []
+    for doc, node_type, group in _ray_groups():
+        template = copy.deepcopy(group["template"])
+        labels = template.setdefault("metadata", {}).setdefault("labels", {})
+        labels["ray.io/node-type"] = node_type
+        if doc["kind"] == "RayCluster":  # a RayService's cluster is named maas-<random>
+            labels["ray.io/cluster"] = doc["metadata"]["name"]
+        found.append((f"{doc['kind']} {doc['metadata']['name']} {node_type}", template))
+    for doc in _objects():
+        if doc["kind"] == "RayJob":
+            found.append((f"RayJob {doc['metadata']['name']}", doc["spec"]["submitterPodTemplate"]))
+        elif doc["kind"] in ("Deployment", "StatefulSet"):
+            found.append((f"{doc['kind']} {doc['metadata']['name']}", doc["spec"]["template"]))
+    return found
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels, matchExpressions) selects ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value, op = labels.get(expr["key"]), expr["operator"]
+        if ((op == "In" and value not in expr["values"])
+                or (op == "NotIn" and value in expr["values"])
+                or (op == "Exists" and value is None) or (op == "DoesNotExist" and value)):
+            return False
+    return True
+
+
+def _labels(template: dict) -> dict[str, str]:
+    return template.get("metadata", {}).get("labels", {})
+
+
+def test_every_credential_comes_from_a_secret_and_no_url_holds_a_password():
+    for where, template in _pod_templates():
+        spec = template["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            for env in container.get("env", []):
+                if re.search(r"TOKEN|PASSWORD|KEY$", env["name"]):
+                    assert "secretKeyRef" in env.get("valueFrom", {}), (where, env)
+    text = "\n".join((CLUSTER / name).read_text() for name in KUBE_MANIFESTS)
+    assert not re.findall(r"postgresql[+\w]*://[^@/\s]*:[^@/\s]*@", text)
+
+
+def test_the_secrets_template_holds_only_placeholders():
+    secrets = [d for d in _objects() if d["kind"] == "Secret"]
+    assert {s["metadata"]["name"] for s in secrets} >= {"maas-ray-token", "maas-model-key",
+                                                        "maas-postgres"}
+    for secret in secrets:
+        assert "data" not in secret
+        assert all(v.startswith("REPLACE-ME") for v in secret["stringData"].values()), secret
+
+
+def test_kuberays_operator_gets_the_token_and_the_head_services_do_not_collide():
+    """KubeRay names a RayCluster's head Service <name>-head-svc and a RayService's the same
+    way: one name for both would let the RayService take over the RayCluster's."""
+    cluster = next(d for d in _objects() if d["kind"] == "RayCluster")
+    service = next(d for d in _objects() if d["kind"] == "RayService")
+    assert cluster["metadata"]["name"] != service["metadata"]["name"]
+    for spec in (cluster["spec"], service["spec"]["rayClusterConfig"]):
+        assert spec["authOptions"] == {"mode": "token", "secretName": "maas-ray-token"}
+
+
+def _each_value(selector: dict) -> list[dict]:
+    """``selector`` once per value of its `In` expressions: a misspelt value selects nothing."""
+    choices = [[{**e, "values": [v]} for v in e["values"]] if e["operator"] == "In" else [e]
+               for e in selector.get("matchExpressions", [])]
+    return [{**selector, "matchExpressions": list(one)} for one in itertools.product(*choices)]
+
+
+def test_every_network_policy_selects_pods_the_manifests_make():
+    pods = _pod_templates()
+    for policy in (d for d in _objects() if d["kind"] == "NetworkPolicy"):
+        name, spec = policy["metadata"]["name"], policy["spec"]
+        selectors = [spec["podSelector"]] if spec["podSelector"] else []
+        selectors += [peer["podSelector"] for rule in spec.get("ingress", [])
+                      for peer in rule["from"]
+                      if "podSelector" in peer and "namespaceSelector" not in peer]
+        for selector in (one for s in selectors for one in _each_value(s)):
+            assert any(_selects(selector, _labels(t)) for _, t in pods), (name, selector)
+
+
+def test_only_the_dashboard_metrics_and_serve_ports_open_beyond_maas_pods():
+    """Other namespaces reach the dashboard (KubeRay's operator), the metrics (Prometheus) and,
+    on the RayService's pods only, Serve's HTTP port; never the GCS or any other Ray port."""
+    from maas.config import ClusterConfig
+
+    defaults = ClusterConfig()
+    opened = set()
+    for policy in (d for d in _objects() if d["kind"] == "NetworkPolicy"):
+        target = policy["spec"]["podSelector"].get("matchLabels", {})
+        for rule in policy["spec"].get("ingress", []):
+            if any("namespaceSelector" in peer for peer in rule["from"]):
+                assert rule.get("ports"), (policy["metadata"]["name"], rule)
+                opened |= {(tuple(sorted(target.items())), p["port"]) for p in rule["ports"]}
+    train, serve = (("ray.io/cluster", "maas-train"),), (("app.kubernetes.io/component",
+                                                          "ray-serve"),)
+    assert opened == {(train, defaults.dashboard_port), (train, defaults.metrics_port),
+                      (serve, defaults.dashboard_port), (serve, defaults.metrics_port),
+                      (serve, defaults.http_port)}
+    for doc, node_type, group in _ray_groups():  # else KubeRay starts Ray with 8080
+        assert group["rayStartParams"]["metrics-export-port"] == str(defaults.metrics_port), (
+            doc["metadata"]["name"], node_type)
