@@ -11,8 +11,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from maas.config import DeployConfig
+from maas.stores import TRACKING_SERVERS
 from maas.variants import MeasuredVariant
 
 RUN_NAME_TAG = "maas.run_name"
@@ -35,8 +37,10 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is None:
-            # Artifacts next to the database, not in ./mlruns of whatever directory we run from.
-            artifacts = (cfg.state_path / "mlartifacts").as_uri()
+            # Artifacts next to the database, not in ./mlruns of whatever directory we run from;
+            # a tracking server places them itself (--serve-artifacts: through it, any node).
+            server = urlsplit(self.uri).scheme in TRACKING_SERVERS
+            artifacts = None if server else (cfg.state_path / "mlartifacts").as_uri()
             self.experiment_id = self.client.create_experiment(cfg.tracking.experiment,
                                                                artifact_location=artifacts)
         else:

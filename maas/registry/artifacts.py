@@ -48,10 +48,14 @@ class Artifacts:
     """Writes and verified reads of version files, sealed with the key in ``key_env`` when
     ``encrypt`` is on."""
 
-    def __init__(self, client: Any, key_env: str, encrypt: bool):
+    def __init__(self, client: Any, key_env: str, encrypt: bool,
+                 tracking_uri: str | None = None):
         self.client = client
         self.key_env = key_env
         self.encrypt = encrypt
+        # Resolves an ``mlflow-artifacts:`` location (a server's --serve-artifacts) explicitly,
+        # not through MLflow's process-wide tracking URI.
+        self.tracking_uri = tracking_uri
 
     def key(self) -> bytes:
         try:
@@ -139,7 +143,7 @@ class Artifacts:
         try:
             if local is not None:  # the default store: read in place, no copy, no MLflow
                 return local.read_bytes()
-            return _download(location)
+            return _download(location, self.tracking_uri)
         except OSError as exc:
             raise IntegrityError(
                 f"model {info.name!r} version {info.version}: its artifact {location} cannot "
@@ -147,14 +151,15 @@ class Artifacts:
                 f"pipeline") from None
 
 
-def _download(location: str) -> bytes:
+def _download(location: str, tracking_uri: str | None) -> bytes:
     """A file from a remote artifact store, through MLflow (its failures as OSError)."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
+                                                        tracking_uri=tracking_uri)
         except MlflowException as exc:
             raise OSError(str(exc)) from exc
         return Path(local).read_bytes()

@@ -37,7 +37,7 @@ class Registry:
         self.uri = uri
         # The tracking side is only used to store a new version's file with its run.
         self.client = MlflowClient(tracking_uri=tracking_uri or uri, registry_uri=uri)
-        self.artifacts = Artifacts(self.client, key_env, encrypt)
+        self.artifacts = Artifacts(self.client, key_env, encrypt, tracking_uri or uri)
 
     @classmethod
     def from_config(cls, cfg: DeployConfig) -> Registry:
