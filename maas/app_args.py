@@ -33,6 +33,7 @@ class AccessArgs(Args):
     refresh_s: float = Field(2.0, gt=0, description="access.refresh_s")
     usage_flush_s: float = Field(1.0, gt=0, description="access.usage_flush_s")
     payload_dir: str | None = Field(None, description="access.payload_dir")
+    metrics_tenants: bool = Field(False, description="access.metrics_tenants")
 
     def url(self) -> str:
         return access_store_uri(self.store, self.state_dir)

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 from maas.config import DeployConfig
 from maas.errors import MaasError
 
-# URL schemes of stores every node reaches over the network.
+# URL schemes of stores every node reaches over the network (the access store takes SQLite
+# and PostgreSQL only; MLflow's tracking database any of these).
 SERVER_DATABASES = ("postgresql", "mysql", "mssql", "oracle")
 TRACKING_SERVERS = ("http", "https", "databricks")
 

@@ -81,7 +81,7 @@ class ModelServer:
         loader = partial(load, threads=serving.ort_threads, spin=serving.ort_spin)
         self.versions = Versions(args.registry(), args.name, args.version,
                                  serving.alias_poll_s, serving.canary_weight, loader=loader)
-        self._metrics = ReplicaMetrics()
+        self._metrics = ReplicaMetrics(args.access is not None and args.access.metrics_tenants)
         self._metrics_flusher: asyncio.Task | None = None  # started by the first request
         self._in_flight = 0  # infer requests between admission and answer (HTTP and handle)
         self.gate = (AccessGate(args.access, args.name, args.agreement)

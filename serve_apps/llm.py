@@ -130,7 +130,8 @@ class LLMServer:
         self.gate = (AccessGate(args.access, args.name, args.agreement, owner=args.owner,
                                 base=args.base) if args.access is not None else None)
         self.metrics = LLMMetrics(args.name)
-        self.requests = ReplicaMetrics()  # maas_requests and token counts, as every model app
+        # maas_requests and token counts, as every model app
+        self.requests = ReplicaMetrics(args.access is not None and args.access.metrics_tenants)
         self._poller: asyncio.Task | None = None
 
     # ---- routes -------------------------------------------------------------------------

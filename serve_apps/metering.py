@@ -119,17 +119,22 @@ class ReplicaMetrics:
     """Prometheus series of a replica, exported by Ray's metrics agent (``cluster.metrics_port``)
     as ``ray_maas_*``, with Serve's application, deployment and replica tags added.
 
+    Requests carry a ``tenant`` tag only when ``tenant_names`` (``access.metrics_tenants``):
+    Ray's metrics port answers whoever reaches it, without auth, so by default who the tenants
+    are and how much each sends stays in the access store (``maas usage``, the console).
+
     Each Ray metric call costs tens of microseconds, a visible share of a small model's
     request, so every series is summed in memory and handed to Ray once a second."""
 
     FLUSH_S = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_names: bool = False) -> None:
         from ray.serve import metrics
 
+        self._tenant_names = tenant_names
+        keys = ("tenant",) * tenant_names + ("model", "version", "status")
         self._requests = metrics.Counter(
-            "maas_requests", description="infer requests by tenant, model, version and HTTP "
-                                         "status", tag_keys=("tenant", "model", "version", "status"))
+            "maas_requests", description=f"infer requests by {', '.join(keys)}", tag_keys=keys)
         self._rows = metrics.Counter("maas_rows", description="rows answered",
                                      tag_keys=("model", "version"))
         self.latency = SummedHistogram(
@@ -149,7 +154,7 @@ class ReplicaMetrics:
 
     def record(self, tenant: str, model: str, version: str, status: int, rows: int,
                ms: float) -> None:
-        self._pending[(tenant, model, version, str(status))] += 1
+        self._pending[(tenant if self._tenant_names else "", model, version, str(status))] += 1
         if status == 200:
             self._pending_rows[(model, version)] += rows
             self.latency.observe(ms, model, version)
@@ -178,8 +183,9 @@ class ReplicaMetrics:
         self._pending, self._pending_rows, self._pending_tokens = Counter(), Counter(), Counter()
         self._flushed = time.monotonic()
         for (tenant, model, version, status), count in pending.items():
-            self._requests.inc(count, tags={"tenant": tenant, "model": model, "version": version,
-                                            "status": status})
+            tags = {"model": model, "version": version, "status": status}
+            self._requests.inc(count, tags={"tenant": tenant, **tags} if self._tenant_names
+                               else tags)
         for (model, version), count in rows.items():
             if count:
                 self._rows.inc(count, tags={"model": model, "version": version})

@@ -1,5 +1,6 @@
 """Shared test setup, and the Ray tiers' cluster: one local Ray cluster (2 CPUs, like the CI
-machine) and one Serve instance per test session, started only when a test asks for it.
+machine) and one Serve instance per test session, started only when a test asks for it; and a
+PostgreSQL server of the session (tests/postgres.py), also started only when a test asks.
 
 Ray reads RAY_AUTH_MODE when it is first imported: it is set here, before that."""
 
@@ -140,6 +141,41 @@ def serve_port(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> i
         ray.shutdown()
     finally:
         head.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of this session (tests/postgres.py), stopped after it: tests make
+    their own databases on it with ``postgres.new_database()``. Fails naming the fix where
+    PostgreSQL is not installed."""
+    try:
+        from tests.postgres import PostgresServer
+    except ImportError as exc:
+        pytest.fail(f"{exc}: the PostgreSQL tests need psycopg: `make setup`, or pip install "
+                    f"-c constraints.txt -e '.[postgres]'", pytrace=False)
+    try:
+        server = PostgresServer.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+# The access store's two backends: a test that takes ``store_url`` runs on each.
+STORE_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """The URL of a new, empty access store: a SQLite file, or a database of its own on the
+    session's PostgreSQL server (dropped after the test, its connections with it)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'access.db'}"
+        return
+    server = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
 
 
 def session_token() -> str:

@@ -1,8 +1,10 @@
 """Who may use which model, on which terms, how much: the access store and its records.
 
 ``records`` holds the values (keys, agreements, acceptances, usage rows, rate and quota
-notation), ``tables`` the database schema (``migrate`` brings an older store up to it),
-``store`` the reads and atomic writes, ``usage`` the metered usage and what quotas used. The serve
+notation), ``tables`` the database schema, ``database`` one engine per URL (SQLite or
+PostgreSQL), ``migrate`` and ``migrations`` the versioned schema changes that bring an older
+store up to ``tables``, ``store`` the reads and atomic writes, ``usage`` the metered usage and
+what quotas used. The serve
 apps enforce what is stored here (``serve_apps.gate``); the CLI manages it (``maas keys``,
 ``maas agreements``, ``maas usage``).
 """

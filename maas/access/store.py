@@ -4,10 +4,11 @@
     maas agreements accept --tenant acme --model digits --version 1
     maas usage --tenant acme
 
-One SQLAlchemy database (SQLite under ``state_dir`` by default, any SQLAlchemy URL such as
-PostgreSQL for a team) shared by the CLI, the pipeline and every Serve replica. Keys are random,
-shown once, and stored only as a salted SHA-256: they carry 256 random bits, so a slow password
-hash would add latency to every request without making a guess any less hopeless.
+One database shared by the CLI, the pipeline and every Serve replica: SQLite under ``state_dir``
+by default (one machine), or PostgreSQL (``postgresql+psycopg://...``) for replicas on several
+machines (``maas.access.database``). Keys are random, shown once, and stored only as a salted
+SHA-256: they carry 256 random bits, so a slow password hash would add latency to every request
+without making a guess any less hopeless.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import sqlalchemy as sa
 
 from maas.access.records import (KEY_PREFIX, Acceptance, AccessError, Agreement, KeyRecord,
                                  Quota, key_digest, key_id_of, stored_terms, terms_digest)
-from maas.access.tables import acceptances, agreements, api_keys, engine, tenants
+from maas.access.database import engine, insert_for, shown
+from maas.access.tables import acceptances, agreements, api_keys, tenants
 from maas.access.usage import UsageQueries
 from maas.config import TENANT_PATTERN, AgreementConfig, ModelConfig
 
@@ -57,8 +59,9 @@ class AccessStore(UsageQueries):
         try:
             self.engine = engine(url)
         except sa.exc.SQLAlchemyError as exc:
-            raise AccessError(f"access.store {url!r} cannot be opened: {exc}; set access.store "
-                              f"to a reachable SQLAlchemy URL") from None
+            raise AccessError(f"access.store {shown(url)!r} cannot be opened: {exc}; set "
+                              f"access.store to a reachable database (sqlite:///PATH or "
+                              f"postgresql+psycopg://user:password@host:port/db)") from None
 
     # ---- keys ----
 
@@ -78,7 +81,8 @@ class AccessStore(UsageQueries):
             raise AccessError("burst: needs a rate, and must be at least 1")
         if tokens_per_minute is not None and tokens_per_minute < 1:
             raise AccessError(f"tokens per minute: must be at least 1, got {tokens_per_minute}")
-        key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_hex(16)
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        salt = secrets.token_hex(16)
         now = time.time()
         row = {"key_id": key_id, "tenant": tenant, "models": json.dumps(scope), "rate": rate,
                "burst": burst, "quota": quota.limit if quota else None,
@@ -88,9 +92,11 @@ class AccessStore(UsageQueries):
                "token_quota": token_quota.limit if token_quota else None,
                "token_quota_period": token_quota.period if token_quota else None}
         with self.engine.begin() as conn:
-            exists = conn.execute(sa.select(tenants.c.name).where(tenants.c.name == tenant)).first()
-            if exists is None:
-                conn.execute(tenants.insert().values(name=tenant, created_at=now))
+            # An upsert, not a read then an insert: two first keys of a tenant made at once
+            # (two CLIs, two replicas) both inserted it, and the second failed on the primary
+            # key, on SQLite and PostgreSQL alike (test_access_concurrency.py).
+            conn.execute(insert_for(conn, tenants).values(name=tenant, created_at=now)
+                         .on_conflict_do_nothing(index_elements=[tenants.c.name]))
             conn.execute(api_keys.insert().values(**row))
         record = self.key(key_id)
         assert record is not None  # just written, in a committed transaction
@@ -157,7 +163,8 @@ class AccessStore(UsageQueries):
         return _agreement(row) if row else None
 
     def agreement_versions(self, model: str) -> list[Agreement]:
-        query = agreements.select().where(agreements.c.model == model).order_by(agreements.c.version)
+        query = (agreements.select().where(agreements.c.model == model)
+                 .order_by(agreements.c.version))
         with self.engine.connect() as conn:
             return [_agreement(row) for row in conn.execute(query)]
 
@@ -174,15 +181,18 @@ class AccessStore(UsageQueries):
             raise AccessError(f"agreement version {version} of {model!r} is not the current one; "
                               f"accept version {current.version} (`maas agreements show {model}`)")
         with self.engine.begin() as conn:
-            if conn.execute(sa.select(tenants.c.name).where(tenants.c.name == tenant)).first() is None:
+            known = sa.select(tenants.c.name).where(tenants.c.name == tenant)
+            if conn.execute(known).first() is None:
                 raise AccessError(f"no tenant {tenant!r}; `maas keys create --tenant {tenant}` "
                                   f"creates it with its first key")
-            conn.execute(acceptances.delete().where(
-                acceptances.c.tenant == tenant, acceptances.c.model == model,
-                acceptances.c.version == version))
-            conn.execute(acceptances.insert().values(
-                tenant=tenant, model=model, version=version, accepted_at=time.time(),
-                accepted_by=accepted_by, log_payloads=log_payloads))
+            accepted = {"accepted_at": time.time(), "accepted_by": accepted_by,
+                        "log_payloads": log_payloads}
+            # Accepting again replaces the acceptance in one statement: after a delete then an
+            # insert, two accepting at once could both insert, and the second would fail on the
+            # primary key.
+            conn.execute(insert_for(conn, acceptances).values(
+                tenant=tenant, model=model, version=version, **accepted).on_conflict_do_update(
+                index_elements=list(acceptances.primary_key), set_=accepted))
         return self.acceptances(model=model, tenant=tenant)[-1]
 
     def acceptances(self, model: str | None = None, tenant: str | None = None) -> list[Acceptance]:

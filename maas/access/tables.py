@@ -1,19 +1,19 @@
-"""The access database's tables, and one engine per URL (SQLite in WAL mode, or any
-SQLAlchemy URL such as PostgreSQL).
+"""The access database's tables: what this release reads and writes.
 
-Columns added after a table first shipped are nullable or have a server default: opening a
-store written by an older maas adds them (maas.access.migrate), and an older replica still
-running against the upgraded store keeps writing rows without them."""
+A new store is created from these definitions; a store written by an older release is brought
+up to them by the numbered migrations in ``maas.access.migrations`` (``maas.access.migrate``
+applies them): a change here needs a migration there, and tests/unit/test_access_schema.py
+fails when an upgraded store and a new one differ. Columns added after a table first shipped
+are nullable or have a server default, so an older replica still running against an upgraded
+store keeps writing rows without them.
+
+Integers that a person sets or that count epoch seconds are 64-bit (BigInteger): PostgreSQL's
+INTEGER stops at 2**31 - 1, which a token quota per month passes and epoch seconds pass in
+2038. (SQLite's integers are 64-bit whatever the declared type.)"""
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
-
 import sqlalchemy as sa
-
-from maas.access.migrate import add_missing_columns
 
 meta = sa.MetaData()
 tenants = sa.Table(
@@ -26,15 +26,15 @@ api_keys = sa.Table(
     sa.Column("tenant", sa.String(64), sa.ForeignKey("maas_tenants.name"), nullable=False),
     sa.Column("models", sa.Text, nullable=False),  # JSON list
     sa.Column("rate", sa.Float), sa.Column("burst", sa.Integer),
-    sa.Column("quota", sa.Integer), sa.Column("quota_period", sa.String(8)),
+    sa.Column("quota", sa.BigInteger), sa.Column("quota_period", sa.String(8)),
     sa.Column("salt", sa.String(32), nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("created_by", sa.String(200), nullable=False),
     sa.Column("revoked_at", sa.Float),
     # added for LLM keys (tokens are prompt + completion):
-    sa.Column("tokens_per_minute", sa.Integer),
-    sa.Column("token_quota", sa.Integer), sa.Column("token_quota_period", sa.String(8)))
+    sa.Column("tokens_per_minute", sa.BigInteger),
+    sa.Column("token_quota", sa.BigInteger), sa.Column("token_quota_period", sa.String(8)))
 agreements = sa.Table(
     "maas_agreements", meta,
     sa.Column("model", sa.String(64), primary_key=True),
@@ -52,7 +52,7 @@ acceptances = sa.Table(
     sa.Column("log_payloads", sa.Boolean, nullable=False))
 usage = sa.Table(  # one row per minute, tenant, key, model, version and status
     "maas_usage", meta,
-    sa.Column("minute", sa.Integer, primary_key=True),  # epoch seconds of the minute's start
+    sa.Column("minute", sa.BigInteger, primary_key=True),  # epoch seconds of the minute's start
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("key_id", sa.String(12), primary_key=True),
     sa.Column("model", sa.String(64), primary_key=True),
@@ -107,26 +107,3 @@ tuning_events = sa.Table(
     sa.Column("data", sa.Text))  # JSON, e.g. {"step": 3, "train_loss": 1.2}
 
 UsageKey = tuple[int, str, str, str, str, int]  # minute, tenant, key_id, model, version, status
-
-
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    # WAL: replicas write usage while the CLI and other replicas read, without blocking them.
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-@lru_cache(maxsize=8)
-def engine(url: str) -> sa.Engine:
-    """The process's engine for ``url``, every table created if missing and every column
-    added since the store was written (idempotent)."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        made = sa.create_engine(url, connect_args={"timeout": 30})
-        sa.event.listen(made, "connect", _sqlite_pragmas)
-    else:
-        made = sa.create_engine(url, pool_pre_ping=True)
-    meta.create_all(made)
-    add_missing_columns(made, meta)
-    return made

@@ -94,8 +94,11 @@ class AccessConfig(StrictModel):
     """API keys, agreements, rate limits, quotas and usage metering in front of every model."""
 
     enabled: bool = Field(True, description="false: every route is open (trusted networks only)")
-    store: str | None = Field(None, description="SQLAlchemy URL of the access store; unset: "
-                                                "sqlite under state_dir (access.db)")
+    store: str | None = Field(
+        None, description="the access store's URL: sqlite:///PATH (one machine) or "
+                          "postgresql+psycopg://user:password@host:port/db (replicas on several "
+                          "machines; pip install 'maas[postgres]'); unset: SQLite under "
+                          "state_dir (access.db)")
     refresh_s: float = Field(2.0, gt=0.0, le=600.0,
                              description="how often replicas re-read keys and acceptances; a "
                                          "revoked key stops working within this")
@@ -104,3 +107,17 @@ class AccessConfig(StrictModel):
                                              "loses at most this much metering")
     payload_dir: str | None = Field(None, description="payload log folder, for models whose "
                                                       "terms allow it; unset: state_dir/payloads")
+    metrics_tenants: bool = Field(
+        False, description="tag the ray_maas_requests Prometheus series with tenant names. Off: "
+                           "Ray's metrics port answers without auth, so tenant names and "
+                           "traffic stay in the access store (`maas usage`, the console)")
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, url: str | None) -> str | None:
+        # Only these two: the store relies on their upsert and migration lock
+        # (maas.access.database).
+        if url is not None and not re.match(r"(sqlite|postgresql)(\+\w+)?://", url):
+            raise ValueError("must be sqlite:///PATH or "
+                             "postgresql+psycopg://user:password@host:port/db")
+        return url

@@ -21,7 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from maas.access.tables import engine, tuning_events, tuning_jobs
+from maas.access.database import engine
+from maas.access.tables import tuning_events, tuning_jobs
 from maas.config.base import StrictModel
 from maas.errors import MaasError
 

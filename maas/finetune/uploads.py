@@ -20,7 +20,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from maas.access.tables import engine, files
+from maas.access.database import engine
+from maas.access.tables import files
 from maas.errors import MaasError
 from maas.finetune.examples import ChatData, parse_jsonl, write_bytes
 

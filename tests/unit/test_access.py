@@ -1,6 +1,10 @@
-"""The access store, limits, payload log and their CLI, on a SQLite file (no Ray)."""
+"""The access store, limits, payload log and their CLI (no Ray). The store's tests run on
+both backends (``store_url``): a SQLite file and a database on the session's PostgreSQL
+server."""
 
 import json
+import re
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +26,8 @@ TERMS = AgreementConfig(license="MIT", allowed_uses=["research"],
 
 
 @pytest.fixture
-def store(tmp_path) -> AccessStore:
-    return AccessStore(f"sqlite:///{tmp_path / 'access.db'}")
+def store(store_url: str) -> AccessStore:
+    return AccessStore(store_url)
 
 
 @pytest.mark.parametrize("text, per_s", [("50/s", 50.0), ("3000/min", 50.0), ("36/hour", 0.01),
@@ -58,10 +62,27 @@ def test_a_key_is_shown_once_and_stored_as_a_salted_hash(store, tmp_path):
     assert not record.verifies(secret[:-1] + ("A" if secret[-1] != "A" else "B"))
     other_key, other = store.create_key("acme", ["digits"])
     assert other.salt != record.salt  # same tenant, fresh salt per key
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("access.db*"))
-    assert secret.encode() not in raw and record.key_hash.encode() in raw
+    from maas.access.tables import meta
+    with store.engine.connect() as conn:  # every row of every table
+        stored = repr([conn.execute(table.select()).all() for table in meta.sorted_tables])
+    assert secret not in stored and record.key_hash in stored
+    if store.engine.dialect.name == "sqlite":  # and the file's bytes, its WAL too
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("access.db*"))
+        assert secret.encode() not in raw and record.key_hash.encode() in raw
     assert store.keys("acme") == [record, other]
     assert record.capacity == 1  # default burst: a fifth of a second of 5/s, at least 1
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("postgresql+psycopg://maas:s3cret@127.0.0.1:1/x", "pip install 'maas[postgres]'"),
+    ("postgresql://maas:s3cret@127.0.0.1:1/x", "pip install 'maas[postgres]'"),  # psycopg too
+    ("mysql+pymysql://maas:s3cret@127.0.0.1:1/x", "mysql is not supported"),
+    ("maas:s3cret@db", "not a database URL")])
+def test_a_store_that_cannot_work_here_is_refused_naming_the_fix(url, fragment, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as where maas[postgres] is not installed
+    with pytest.raises(AccessError, match=re.escape(fragment)) as refused:
+        AccessStore(url)
+    assert "s3cret" not in str(refused.value)  # the URL's password is never shown
 
 
 @pytest.mark.parametrize("key", ["", "Bearer x", "maas_short_" + "x" * 40, "maas_0123456789ab",
@@ -160,7 +181,8 @@ def test_lease_sizes_follow_the_rate_and_shrink_near_the_quota():
 
 def test_redaction_modes():
     inputs = [{"name": "text", "shape": [2], "datatype": "BYTES",
-               "data": ["mail bob@example.com", "call +1 (555) 010-9999, card 4111 1111 1111 1111"]}]
+               "data": ["mail bob@example.com",
+                        "call +1 (555) 010-9999, card 4111 1111 1111 1111"]}]
     assert redact(inputs, "none") == inputs
     digest = redact(inputs, "digest")[0]
     assert "data" not in digest and len(digest["sha256"]) == 64
@@ -204,17 +226,18 @@ def test_since_takes_durations_and_dates():
         parse_since("yesterday")
 
 
-def _write_config(tmp_path: Path, terms: dict) -> Path:
+def _write_config(tmp_path: Path, terms: dict, store_url: str) -> Path:
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                    "access": {"store": store_url},
                                     "models": [{"name": "digits", "agreement": terms}]}))
     return path
 
 
-def test_cli_keys_and_agreements(tmp_path):
+def test_cli_keys_and_agreements(tmp_path, store_url):
     runner = CliRunner()
     terms = {"license": "MIT", "allowed_uses": ["research"]}
-    config = _write_config(tmp_path, terms)
+    config = _write_config(tmp_path, terms, store_url)
     made = runner.invoke(app, ["keys", "create", "--tenant", "acme", "--models", "digits",
                                "--rate", "50/s", "--quota", "1000/day", "-c", str(config),
                                "--json"])
@@ -230,7 +253,7 @@ def test_cli_keys_and_agreements(tmp_path):
                                    "--no-payload-logging", "--by", "alice", "-c", str(config),
                                    "--json"])
     assert json.loads(accepted.output)["log_payloads"] is False
-    _write_config(tmp_path, terms | {"allowed_uses": ["research", "commercial"]})
+    _write_config(tmp_path, terms | {"allowed_uses": ["research", "commercial"]}, store_url)
     shown = runner.invoke(app, ["agreements", "show", "digits", "-c", str(config), "--json"])
     assert "now version 2" in shown.stderr
     assert [v["version"] for v in json.loads(shown.stdout)["versions"]] == [1, 2]
@@ -241,7 +264,7 @@ def test_cli_keys_and_agreements(tmp_path):
     stale = runner.invoke(app, ["agreements", "accept", "-t", "acme", "-m", "digits", "-v", "1",
                                 "-c", str(config)])
     assert stale.exit_code == 1 and "accept version 2" in stale.output
-    store = AccessStore(f"sqlite:///{tmp_path / 'state' / 'access.db'}")
+    store = AccessStore(store_url)
     assert [a.model for a in publish_agreements(store, [ModelConfig(name="plain")])] == []
 
 

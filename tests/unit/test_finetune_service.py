@@ -1,6 +1,7 @@
-"""The fine-tuning service's records on a real SQLite access store: uploads checked line by
-line, owned by a tenant, deleted bytes and all, expired by retention; jobs that stay ended;
-events newest first; hyperparameters resolved against the recipe."""
+"""The fine-tuning service's records on a real access store (a SQLite file, and a database on
+the session's PostgreSQL server): uploads checked line by line, owned by a tenant, deleted
+bytes and all, expired by retention; jobs that stay ended; events newest first;
+hyperparameters resolved against the recipe."""
 
 import time
 
@@ -18,13 +19,13 @@ LIMITS = UploadLimits(max_bytes=64 * 1024, max_lines=100, retention_days=1)
 
 
 @pytest.fixture
-def files(tmp_path) -> FileStore:
-    return FileStore(f"sqlite:///{tmp_path / 'access.db'}", tmp_path / "files")
+def files(tmp_path, store_url) -> FileStore:
+    return FileStore(store_url, tmp_path / "files")
 
 
 @pytest.fixture
-def jobs(tmp_path) -> JobStore:
-    return JobStore(f"sqlite:///{tmp_path / 'access.db'}")
+def jobs(store_url) -> JobStore:
+    return JobStore(store_url)
 
 
 def _jsonl(rows: int = 6) -> bytes:

@@ -1,5 +1,6 @@
-"""A replica's usage meter against a real access store (SQLite): what it writes, what a failed
-write leaves for the next flush, and that requests counted while a flush runs are never lost."""
+"""A replica's usage meter against a real access store (a SQLite file, and a database on the
+session's PostgreSQL server): what it writes, what a failed write leaves for the next flush,
+and that requests counted while a flush runs are never lost."""
 
 import threading
 
@@ -12,8 +13,8 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def store(tmp_path) -> AccessStore:
-    return AccessStore(f"sqlite:///{tmp_path / 'access.db'}")
+def store(store_url: str) -> AccessStore:
+    return AccessStore(store_url)
 
 
 def _totals(store: AccessStore) -> dict[tuple[str, str, int], tuple]:
@@ -51,8 +52,8 @@ class FailingOnce(AccessStore):
         super().add_usage(counts)
 
 
-def test_a_failed_write_leaves_its_counts_for_the_next_flush(tmp_path):
-    store = FailingOnce(f"sqlite:///{tmp_path / 'access.db'}")
+def test_a_failed_write_leaves_its_counts_for_the_next_flush(store_url):
+    store = FailingOnce(store_url)
     meter = UsageMeter(store)
     meter.record("acme", "k1", "digits", "3", 200, 5, 2.0)
     with pytest.raises(OSError):

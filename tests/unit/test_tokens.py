@@ -1,10 +1,10 @@
-"""LLM token limits, token usage and prices, on real SQLite stores (no Ray): the limiter's
-whole reservations, the replica API (reserve_tokens, settle), the migration of a store written
-by the previous schema, the payload log of prompts and completions, and the CLI."""
+"""LLM token limits, token usage and prices, on real access stores (no Ray; a SQLite file and
+a database on the session's PostgreSQL server, ``store_url``): the limiter's whole
+reservations, the replica API (reserve_tokens, settle), the payload log of prompts and
+completions, and the CLI. (A store written before token limits: test_access_migrations.py.)"""
 
 import asyncio
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -68,58 +68,18 @@ def test_a_token_quota_refuses_a_request_that_would_cross_it_before_it_runs():
     assert buckets.reserve("k", 1000, None, 0, quota).quota_left == 0
 
 
-OLD_DDL = """
-CREATE TABLE maas_tenants (name VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL,
-    PRIMARY KEY (name));
-CREATE TABLE maas_usage (minute INTEGER NOT NULL, tenant VARCHAR(64) NOT NULL,
-    key_id VARCHAR(12) NOT NULL, model VARCHAR(64) NOT NULL, version VARCHAR(16) NOT NULL,
-    status INTEGER NOT NULL, requests INTEGER NOT NULL, rows INTEGER NOT NULL,
-    latency_ms FLOAT NOT NULL, PRIMARY KEY (minute, tenant, key_id, model, version, status));
-CREATE TABLE maas_api_keys (key_id VARCHAR(12) NOT NULL, tenant VARCHAR(64) NOT NULL,
-    models TEXT NOT NULL, rate FLOAT, burst INTEGER, quota INTEGER, quota_period VARCHAR(8),
-    salt VARCHAR(32) NOT NULL, key_hash VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL,
-    created_by VARCHAR(200) NOT NULL, revoked_at FLOAT, PRIMARY KEY (key_id),
-    FOREIGN KEY(tenant) REFERENCES maas_tenants (name));
-INSERT INTO maas_tenants VALUES ('acme', 1.0);
-INSERT INTO maas_api_keys VALUES ('0123456789ab', 'acme', '["digits"]', 5.0, NULL, 10, 'day',
-    'salt', 'hash', 1.0, 'alice@host', NULL);
-INSERT INTO maas_usage VALUES (600, 'acme', '0123456789ab', 'digits', '1', 200, 3, 30, 6.0);
-"""
-
-
-def test_a_store_of_the_previous_schema_opens_gets_the_token_columns_and_keeps_its_rows(tmp_path):
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(OLD_DDL)
-    store = AccessStore(f"sqlite:///{path}")
-    columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(maas_usage)")}
-    assert {"prompt_tokens", "completion_tokens"} <= columns
-    (row,) = store.usage()
-    assert (row.requests, row.rows, row.mean_latency_ms, row.prompt_tokens,
-            row.completion_tokens) == (3, 30, 2.0, 0, 0)
-    old_key = store.key("0123456789ab")
-    assert (old_key.quota, old_key.tokens_per_minute, old_key.token_quota) == \
-        (Quota(10, "day"), None, None)
-    with sqlite3.connect(path) as conn:  # an older replica, still running, writes as it did
-        conn.execute("INSERT INTO maas_usage (minute, tenant, key_id, model, version, status, "
-                     "requests, rows, latency_ms) VALUES (660, 'acme', 'k', 'digits', '1', 200, "
-                     "1, 1, 1.0)")
-    store.add_usage({(660, "acme", "k", "digits", "1", 200): [1, 0, 1.0, 7, 5]})
-    assert [(r.requests, r.prompt_tokens, r.completion_tokens)
-            for r in store.usage(tenant="acme")] == [(5, 7, 5)]
-    assert store.token_quota_used("k", 0) == 12 and store.quota_used("k", 0) == 2
-    from maas.access.migrate import add_missing_columns
-    from maas.access.tables import meta
-    assert add_missing_columns(store.engine, meta) == []  # idempotent
-
-
-def test_token_limits_are_stored_with_the_key(tmp_path):
-    store = AccessStore(f"sqlite:///{tmp_path / 'access.db'}")
+def test_token_limits_are_stored_with_the_key(store_url):
+    store = AccessStore(store_url)
     _, record = store.create_key("acme", ["chat"], tokens_per_minute=20000,
                                  token_quota=parse_token_quota("1000000/day"))
     assert store.key(record.key_id) == record
     assert (record.public()["tokens_per_minute"], record.public()["token_quota"]) == \
         (20000, "1000000 tokens/day")
+    # past 2**31 - 1, where PostgreSQL's INTEGER ends: the columns are 64-bit
+    _, big = store.create_key("acme", ["chat"], tokens_per_minute=3_000_000_000,
+                              token_quota=parse_token_quota("5000000000/month"),
+                              quota=Quota(4_000_000_000, "month"))
+    assert store.key(big.key_id) == big and big.token_quota.limit == 5_000_000_000
     with pytest.raises(ValueError, match="token quota '5/week'"):
         parse_token_quota("5/week")
     with pytest.raises(Exception, match="tokens per minute: must be at least 1"):
@@ -131,9 +91,9 @@ def _unreachable(url: str) -> object:
 
 
 @pytest.fixture
-def gate(tmp_path):
-    made = AccessGate(AccessArgs(state_dir=str(tmp_path), usage_flush_s=60.0), "chat",
-                      connect=_unreachable)
+def gate(tmp_path, store_url):
+    made = AccessGate(AccessArgs(state_dir=str(tmp_path), store=store_url, usage_flush_s=60.0),
+                      "chat", connect=_unreachable)
     yield made
     made.close()
 
@@ -243,17 +203,18 @@ def test_a_card_shows_the_production_versions_context_length_and_token_prices(tm
     assert (card.context_length, card.price.per_1k_output_tokens) == (2048, 1.5)
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, store_url: str) -> Path:
     path = tmp_path / "deploy.yaml"
-    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "models": [
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                    "access": {"store": store_url}, "models": [
         {"name": "chat", "catalog": {"price_per_1k_input_tokens": 0.5,
                                      "price_per_1k_output_tokens": 2.0}}]}))
     return path
 
 
-def test_cli_creates_token_limited_keys_and_prices_token_usage(tmp_path):
+def test_cli_creates_token_limited_keys_and_prices_token_usage(tmp_path, store_url):
     runner = CliRunner()
-    config = _config(tmp_path)
+    config = _config(tmp_path, store_url)
     made = runner.invoke(app, ["keys", "create", "-t", "acme", "-m", "chat",
                                "--tokens-per-minute", "20000", "--token-quota", "1000000/day",
                                "-c", str(config), "--json"])
@@ -264,7 +225,7 @@ def test_cli_creates_token_limited_keys_and_prices_token_usage(tmp_path):
     assert bad.exit_code == 2 and "token quota 'many'" in bad.output
     listed = runner.invoke(app, ["keys", "list", "-c", str(config)])
     assert "20000" in listed.stdout and "1000000 tokens/day" in listed.stdout
-    store = AccessStore(f"sqlite:///{tmp_path / 'state' / 'access.db'}")
+    store = AccessStore(store_url)
     minute = int(time.time() // 60 * 60)
     store.add_usage({(minute, "acme", "k", "chat", "1", 200): [2, 2, 8.0, 2000, 1000]})
     shown = runner.invoke(app, ["usage", "-c", str(config), "--json"])
@@ -275,13 +236,13 @@ def test_cli_creates_token_limited_keys_and_prices_token_usage(tmp_path):
     assert table.exit_code == 0 and "3.0000 USD" in table.stdout and "completion" in table.stdout
 
 
-def test_the_gate_logs_an_llm_exchange_only_where_terms_and_tenant_allow(tmp_path):
+def test_the_gate_logs_an_llm_exchange_only_where_terms_and_tenant_allow(tmp_path, store_url):
     from maas.config import AgreementConfig
 
     terms = AgreementConfig(license="MIT", allowed_uses=["chat"], data_usage=DataUsageConfig(
         log_payloads=True, redaction="mask_pii"))
-    gate = AccessGate(AccessArgs(state_dir=str(tmp_path), usage_flush_s=60.0), "chat", terms,
-                      connect=_unreachable)
+    gate = AccessGate(AccessArgs(state_dir=str(tmp_path), store=store_url, usage_flush_s=60.0),
+                      "chat", terms, connect=_unreachable)
     try:
         keys = {}
         for tenant, allows in (("open-co", True), ("private-co", False)):
