@@ -35,13 +35,18 @@ def _scheme(url: str) -> str:
     return urlsplit(url).scheme.split("+", 1)[0].lower()
 
 
+def is_tracking_server(uri: str) -> bool:
+    """Whether MLflow's ``uri`` is a tracking server (which places artifacts itself)."""
+    return _scheme(uri) in TRACKING_SERVERS
+
+
 def node_local_stores(cfg: DeployConfig) -> list[str]:
     """The config keys, with their URLs, of the stores that live on one node's disk."""
     found = []
     if _scheme(cfg.access_store) not in SERVER_DATABASES:
         found.append(f"access.store ({cfg.access_store})")
     tracking = _scheme(cfg.tracking_uri)
-    if tracking not in TRACKING_SERVERS:
+    if not is_tracking_server(cfg.tracking_uri):
         # A server database still leaves MLflow's artifacts under state_dir on this node.
         where = "artifacts" if tracking in SERVER_DATABASES else "database and artifacts"
         found.append(f"tracking.uri ({cfg.tracking_uri}: its {where} on this node's disk)")

@@ -11,10 +11,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from maas.config import DeployConfig
-from maas.stores import TRACKING_SERVERS
+from maas.stores import is_tracking_server
 from maas.variants import MeasuredVariant
 
 RUN_NAME_TAG = "maas.run_name"
@@ -39,8 +38,8 @@ class Tracker:
         if experiment is None:
             # Artifacts next to the database, not in ./mlruns of whatever directory we run from;
             # a tracking server places them itself (--serve-artifacts: through it, any node).
-            server = urlsplit(self.uri).scheme in TRACKING_SERVERS
-            artifacts = None if server else (cfg.state_path / "mlartifacts").as_uri()
+            artifacts = (None if is_tracking_server(self.uri)
+                         else (cfg.state_path / "mlartifacts").as_uri())
             self.experiment_id = self.client.create_experiment(cfg.tracking.experiment,
                                                                artifact_location=artifacts)
         else:
