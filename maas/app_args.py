@@ -19,6 +19,7 @@ from maas.catalog import CatalogEntry, entries
 from maas.config import (ENV_NAME_PATTERN, AgreementConfig, DeployConfig, ModelConfig,
                          ServeConfig, access_store_uri, expand_state_dir, sqlite_uri)
 from maas.registry.reader import RegistryView, registry_view
+from maas.stores import is_server_database
 
 
 class Args(BaseModel):
@@ -32,6 +33,7 @@ class AccessArgs(Args):
     store: str | None = Field(None, description="SQLAlchemy URL; null: sqlite under state_dir")
     refresh_s: float = Field(2.0, gt=0, description="access.refresh_s")
     usage_flush_s: float = Field(1.0, gt=0, description="access.usage_flush_s")
+    usage_durable: bool = Field(False, description="access.usage_durable, resolved")
     payload_dir: str | None = Field(None, description="access.payload_dir")
     metrics_tenants: bool = Field(False, description="access.metrics_tenants")
 
@@ -130,7 +132,11 @@ def access_args(cfg: DeployConfig) -> AccessArgs | None:
     """The serve apps' ``access`` (None: access is off, every route is open)."""
     if not cfg.access.enabled:
         return None
-    return AccessArgs(state_dir=cfg.state_dir, **cfg.access.model_dump(exclude={"enabled"}))
+    durable = cfg.access.usage_durable
+    if durable is None:  # where nodes can be lost on their own: a store they all share
+        durable = is_server_database(cfg.access_store)
+    return AccessArgs(state_dir=cfg.state_dir, usage_durable=durable,
+                      **cfg.access.model_dump(exclude={"enabled", "usage_durable"}))
 
 
 def _replica(cfg: DeployConfig) -> dict[str, object]:

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 GCS_PORT = 6379
 AUTH_MODE = "token"
+# Ray swaps a loopback node address (`--node-ip-address 127.0.0.1`) for the machine's, and then
+# binds its metrics agent (unauthenticated), GCS and raylet beyond loopback, unless this is "0"
+# (the single-machine behaviour Ray keeps for Windows and macOS). `maas up` is one machine:
+# its head and every driver that attaches to it run with it (see attach()).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Process names and command-line fragments of every Ray process `ray start` launches.
 _RAY_PROCESS_MARKERS = ("gcs_server", "raylet", "ray::", "ray/dashboard", "ray/_private",
                         "ray/autoscaler", "default_worker.py", "ray_client_server",
@@ -63,6 +68,11 @@ def serve_env(cfg: ClusterConfig) -> dict[str, str]:
             # 3,000 req/s, measured); the replicas count the same requests themselves.
             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
             "RAY_SERVE_HAPROXY_NBTHREAD": str(cfg.haproxy_threads),
+            # The one proxy (HeadOnly) spreads requests over every node's replicas: Serve's
+            # default sends a proxy's requests to its own node's replicas while they have
+            # room, so the replicas of other nodes stood idle (measured: 610 of 610 requests
+            # on the head's replica, tests/reliability/test_two_nodes.py).
+            "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.haproxy_drain_s)}
 
 
@@ -74,6 +84,25 @@ def _ray_bin(name: str) -> str:
 
 def configured_address(cfg: ClusterConfig) -> str | None:
     return os.environ.get("RAY_ADDRESS") or cfg.address
+
+
+def _loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def attach(address: str, **init_args) -> None:
+    """``ray.init(address)``; to a head on a loopback address (`maas up`'s) as a node on
+    loopback too. The driver must report the address the head's raylet registered
+    (127.0.0.1, LOOPBACK_ENV) or it finds no raylet; Ray reads the switch from its constants
+    module when it works out the address, which may have been imported before this ran."""
+    import ray
+
+    if _loopback(address):
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address=address, **init_args)
 
 
 def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> Connection:
@@ -88,13 +117,17 @@ def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> Connection:
         return Connection("attached", context.gcs_address, dashboard_url())
     address = configured_address(cfg)
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        attach(address, log_to_driver=log_to_driver)
         return Connection("remote", address, dashboard_url())
     local = local_head_address()
     if local is not None:
-        ray.init(address=local, log_to_driver=log_to_driver)
+        attach(local, log_to_driver=log_to_driver)
         return Connection("local", local, dashboard_url())
-    os.environ.update(serve_env(cfg))  # inherited by the embedded head's processes
+    # Inherited by the embedded head's processes; on loopback like `maas up`'s head.
+    os.environ.update(serve_env(cfg) | LOOPBACK_ENV)
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
              include_dashboard=True, dashboard_host=cfg.dashboard_host,
              dashboard_port=cfg.dashboard_port, log_to_driver=log_to_driver)
@@ -155,7 +188,8 @@ def head_running() -> bool:
         return False
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", AUTH_MODE)}
     probe = subprocess.run(
-        [sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"],
+        [sys.executable, "-c", "import ray; from maas.cluster import attach; "
+         f"attach({address!r}); ray.shutdown()"],
         env=env, capture_output=True, timeout=60,
     )
     return probe.returncode == 0
@@ -171,7 +205,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 def up(cfg: ClusterConfig) -> None:
     """Start a detached local Ray head with token auth, the dashboard and Serve's HTTP proxy."""
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", AUTH_MODE)}
-    env |= serve_env(cfg)
+    env |= serve_env(cfg) | LOOPBACK_ENV  # its processes, jobs and replicas inherit both
     env.pop("RAY_ADDRESS", None)
     # Job entrypoints (`python -m jobs.pipeline ...`) run with the head's PATH: put this
     # environment's interpreter first, so jobs see the packages maas was installed with.

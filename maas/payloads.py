@@ -1,6 +1,10 @@
 """The payload log: request payloads of tenants whose agreement allows it, redacted as it says.
 
-    <access.payload_dir>/<model>/<YYYY-MM-DD>.jsonl     one JSON object per request
+    <access.payload_dir>/<model>/<YYYY-MM-DD>.<host>-<pid>.jsonl   one JSON object per request
+
+One file per writing process and day: replicas on several machines share one payload_dir (a
+volume every node mounts), and appends from several machines to one file are not atomic on
+network filesystems (NFS emulates O_APPEND on the client), so no two processes share a file.
 
 An infer request's record holds its ``inputs`` (OIP tensors); an LLM request's its ``prompt``
 (text or chat messages) and ``completion`` (:meth:`PayloadLog.add_text`). Both are redacted
@@ -17,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -89,6 +94,7 @@ class PayloadLog:
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._pruned = 0.0
+        self.writer = f"{socket.gethostname()}-{os.getpid()}"  # this process's files
 
     def add(self, tenant: str, key_id: str, version: str, request_id: str | None,
             inputs: list[dict[str, Any]]) -> None:
@@ -120,8 +126,9 @@ class PayloadLog:
                 day = datetime.fromtimestamp(record["time"], timezone.utc).strftime("%Y-%m-%d")
                 by_day.setdefault(day, []).append(json.dumps(record, separators=(",", ":")))
             for day, lines in by_day.items():
-                # One write per file per flush: O_APPEND keeps lines of concurrent replicas whole.
-                with open(self.folder / f"{day}.jsonl", "a", encoding="utf-8") as out:
+                # One write per flush, to this process's own file of the day.
+                with open(self.folder / f"{day}.{self.writer}.jsonl", "a",
+                          encoding="utf-8") as out:
                     out.write("\n".join(lines) + "\n")
         if time.time() - self._pruned > 3600:
             self.prune()
@@ -133,8 +140,8 @@ class PayloadLog:
         cutoff = datetime.fromtimestamp(now - self.terms.retention_days * 86400, timezone.utc)
         removed = []
         for path in sorted(self.folder.glob("*.jsonl")) if self.folder.exists() else []:
-            try:
-                day = datetime.strptime(path.stem, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            try:  # any writer's file of the day, and the <day>.jsonl of older versions
+                day = datetime.strptime(path.name[:10], "%Y-%m-%d").replace(tzinfo=timezone.utc)
             except ValueError:
                 continue  # not one of ours
             if day.date() < cutoff.date():

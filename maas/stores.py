@@ -35,6 +35,11 @@ def _scheme(url: str) -> str:
     return urlsplit(url).scheme.split("+", 1)[0].lower()
 
 
+def is_server_database(url: str) -> bool:
+    """Whether ``url`` is a database server every node reaches (not a file on one node)."""
+    return _scheme(url) in SERVER_DATABASES
+
+
 def is_tracking_server(uri: str) -> bool:
     """Whether MLflow's ``uri`` is a tracking server (which places artifacts itself)."""
     return _scheme(uri) in TRACKING_SERVERS
@@ -43,7 +48,7 @@ def is_tracking_server(uri: str) -> bool:
 def node_local_stores(cfg: DeployConfig) -> list[str]:
     """The config keys, with their URLs, of the stores that live on one node's disk."""
     found = []
-    if _scheme(cfg.access_store) not in SERVER_DATABASES:
+    if not is_server_database(cfg.access_store):
         found.append(f"access.store ({cfg.access_store})")
     tracking = _scheme(cfg.tracking_uri)
     if not is_tracking_server(cfg.tracking_uri):
@@ -53,6 +58,12 @@ def node_local_stores(cfg: DeployConfig) -> list[str]:
     if cfg.registry.uri and _scheme(cfg.registry.uri) not in (*SERVER_DATABASES,
                                                              *TRACKING_SERVERS):
         found.append(f"registry.uri ({cfg.registry.uri})")
+    logged = [m.name for m in cfg.models
+              if m.agreement is not None and m.agreement.data_usage.log_payloads]
+    if cfg.access.enabled and logged and not cfg.access.payload_dir:
+        # Set, it may be a volume every node mounts: that is the operator's to say.
+        found.append(f"access.payload_dir (unset: the payloads of {', '.join(logged)} under "
+                     "state_dir on each node's disk; set a folder every node mounts)")
     return found
 
 

@@ -33,6 +33,7 @@ from serve_apps.metering import UsageMeter
 
 log = logging.getLogger(REPLICA_LOG)
 LOOKUPS_PER_S = 20  # on-demand store reads per replica per second (unknown keys, tenants)
+STORED_WAIT_S = 5.0  # an answer waits at most this long for its usage to be stored
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class AccessGate:
         self._accepted: dict[str, Acceptance] = {}
         self._older: dict[str, int] = {}  # tenant -> newest version it accepted, if not current
         self._looked_up: dict[str, float] = {}
+        self._lookups: dict[str, asyncio.Future] = {}  # token -> its store read in flight
+        self._warned = 0.0  # when a stored() wait last timed out and said so
         self._verified: dict[str, tuple[str, str]] = {}  # header -> (key id, hash it matched)
         self._lookup_window = (0.0, 0)
         self._reload()
@@ -133,7 +136,10 @@ class AccessGate:
 
     def _background(self) -> None:
         next_reload = time.monotonic() + self.args.refresh_s
-        while not self._stop.wait(self.args.usage_flush_s):
+        wanted = self.meter.wanted  # an answer waits for its usage (access.usage_durable)
+        while not self._stop.is_set():
+            wanted.wait(self.args.usage_flush_s)
+            wanted.clear()  # before the flush: a request recorded during it wakes the next
             self.flush()
             if time.monotonic() >= next_reload:
                 next_reload = time.monotonic() + self.args.refresh_s
@@ -166,9 +172,38 @@ class AccessGate:
             payloads.add_text(admission.tenant, admission.key_id, version, request_id, prompt,
                               completion)
 
+    def waits_for_usage(self, admission: Admission) -> bool:
+        """Whether ``admission``'s answer waits for its usage to be stored
+        (``access.usage_durable``, and a tenant's key: there is someone to bill)."""
+        return self.args.usage_durable and admission.key_id != ANONYMOUS
+
+    async def stored(self) -> None:
+        """Return once every request this replica counted so far is in the usage table: an
+        answer the client got is then never missing from it, even if the replica's node is
+        lost a moment later. Waits at most STORED_WAIT_S, then answers anyway (the store
+        unreachable: serving goes on, and the counts are written once it is back)."""
+        if not await self.meter.stored(STORED_WAIT_S) and time.monotonic() - self._warned > 30:
+            self._warned = time.monotonic()
+            log.warning("usage not in the access store after %.0f s; answering anyway (it "
+                        "stays counted in memory until written)", STORED_WAIT_S)
+
     def close(self) -> None:
         self._stop.set()
+        self.meter.wanted.set()
         self.flush()
+
+    async def _look_up(self, token: str, read: Callable[[], Any]) -> Any:
+        """``read()`` from the store, off the event loop, for a key or tenant not held yet
+        (``token``): None when the lookup budget says no. Requests that arrive while a read
+        for the same token is in flight wait for its answer (a new key's first burst of
+        concurrent requests used to get one answer and 401s for the rest)."""
+        pending = self._lookups.get(token)
+        if pending is None:
+            if not self._may_look_up(token):
+                return None
+            pending = self._lookups[token] = asyncio.ensure_future(asyncio.to_thread(read))
+            pending.add_done_callback(lambda _: self._lookups.pop(token, None))
+        return await asyncio.shield(pending)
 
     def _may_look_up(self, token: str) -> bool:
         """One on-demand store read per key or tenant per second, LOOKUPS_PER_S in all: a
@@ -208,8 +243,8 @@ class AccessGate:
             raise _unauthorized("not a maas API key (keys look like maas_<id>_<secret>)")
         key_id, secret = parts
         record = self._keys.get(key_id)
-        if record is None and self._may_look_up(key_id):
-            record = await asyncio.to_thread(self.store.key, key_id)
+        if record is None:
+            record = await self._look_up(key_id, lambda: self.store.key(key_id))
             if record is not None:
                 self._keys = {**self._keys, key_id: record}
         if record is None or not record.verifies(secret):
@@ -233,8 +268,9 @@ class AccessGate:
 
     async def _acceptance(self, tenant: str) -> Acceptance | None:
         accepted = self._accepted.get(tenant)
-        if accepted is None and self._may_look_up(f"tenant:{tenant}"):
-            found = await asyncio.to_thread(self.store.acceptances, self.terms_model, tenant)
+        found = None if accepted is not None else await self._look_up(
+            f"tenant:{tenant}", lambda: self.store.acceptances(self.terms_model, tenant))
+        if found is not None:
             current = self.agreement.version  # type: ignore[union-attr]
             accepted = next((a for a in found if a.version == current), None)
             if accepted is not None:

@@ -198,8 +198,9 @@ class ModelServer:
             self._metrics_flusher = asyncio.create_task(self._metrics.flush_forever())
         # Tagged only with a version that exists: a path segment is the client's text, and
         # as a metric tag or usage row it would add a series per typo (or fail to encode).
-        served, status, rows = "-", 500, 0
+        served, status, rows, counted = "-", 500, 0, False
         admission: Admission = NOBODY
+        model = metered_as or self.args.name
         self._in_flight += 1
         try:
             if self.gate is not None:
@@ -212,6 +213,11 @@ class ModelServer:
             rows, status = answer.rows, 200
             if admission.log_payloads:
                 self.gate.log_payload(admission, served, body.id, body.inputs)
+            if self.gate is not None and self.gate.waits_for_usage(admission):
+                counted = True  # counted now, and answered once the count is stored
+                self._count(admission, served, status, rows,
+                            (time.perf_counter() - started) * 1000.0, model)
+                await self.gate.stored()
             return answer
         except MaasError as exc:
             status = exc.status
@@ -220,12 +226,13 @@ class ModelServer:
             raise
         finally:
             self._in_flight -= 1
-            ms = (time.perf_counter() - started) * 1000.0
-            # Counted in the loop's next turn, once the answer is written: a client does not
-            # wait for its own bookkeeping (~20 µs of a request at 1 client, py-spy). The
-            # counts reach Ray and the access store a second later at most either way.
-            asyncio.get_running_loop().call_soon(self._count, admission, served, status, rows,
-                                                 ms, metered_as or self.args.name)
+            if not counted:
+                ms = (time.perf_counter() - started) * 1000.0
+                # Counted in the loop's next turn, once the answer is written: a client does
+                # not wait for its own bookkeeping (~20 µs of a request at 1 client, py-spy).
+                # The counts reach Ray and the access store a second later at most.
+                asyncio.get_running_loop().call_soon(self._count, admission, served, status,
+                                                     rows, ms, model)
 
     def _count(self, admission: Admission, served: str, status: int, rows: int,
                ms: float, model: str) -> None:

@@ -243,6 +243,10 @@ class LLMServer:
             if admission.log_payloads:  # only where the terms and the tenant allow it
                 self.gate.log_text(admission, served, None, _prompt_of(body),
                                    "".join(completion))
+            if self.gate is not None and self.gate.waits_for_usage(admission):
+                # The stream ends (or the whole answer goes out) once its tokens are stored.
+                settle(reservation, output_tokens, served, status, metrics=self.requests)
+                await self.gate.stored()
         except MaasError as exc:
             status = exc.status
             if reservation is None:

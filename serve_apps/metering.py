@@ -1,7 +1,8 @@
 """What a replica counts: usage per tenant for the access store, and its Prometheus series.
 
-Both are off the request path: a request adds to in-memory totals, and a background flush
-(once a second) writes them out.
+A request adds to in-memory totals, and a background flush writes them out: once a second,
+and at once when an answer waits for its usage to be stored (``access.usage_durable``: the
+answers waiting then are written in one transaction, a group commit).
 """
 
 import asyncio
@@ -35,6 +36,13 @@ class UsageMeter:
         # One flush at a time (the gate's thread, and its close() on another): two at once
         # would both write the same gain. record() never takes it.
         self._flushing = threading.Lock()
+        # Answers waiting for the next flush share one future (one wake-up of the event loop
+        # per flush, not one per answer); a flush takes it before its snapshot, so every
+        # request recorded before it took the future is in that flush. Taken ones are
+        # resolved once a flush succeeds.
+        self._batch: asyncio.Future | None = None
+        self._taken: list[asyncio.Future] = []
+        self.wanted = threading.Event()  # set: an answer waits, flush now
 
     def record(self, tenant: str, key_id: str, model: str, version: str, status: int,
                rows: int, ms: float, prompt_tokens: int = 0, completion_tokens: int = 0
@@ -49,9 +57,31 @@ class UsageMeter:
         totals[3] += prompt_tokens
         totals[4] += completion_tokens
 
+    async def stored(self, timeout_s: float) -> bool:
+        """Wait until what this replica recorded so far is in the store (the next flush, woken
+        now, writes it with whatever else waits); False when that took over ``timeout_s``
+        (the store unreachable: the counts stay in memory for the flushes after)."""
+        batch = self._batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._batch = loop.create_future()
+            loop.call_later(timeout_s, _settle, batch, False)
+            self.wanted.set()
+        # Shielded: a request cancelled while it waits must not cancel the others' future.
+        return await asyncio.shield(batch)
+
     def flush(self) -> None:
         with self._flushing:
-            self._flush()
+            batch, self._batch = self._batch, None  # before the snapshot, which then has them
+            if batch is not None:
+                self._taken.append(batch)
+            self._flush()  # raises: the taken batches wait for a flush that succeeds
+            taken, self._taken = self._taken, []
+            for batch in taken:
+                try:
+                    batch.get_loop().call_soon_threadsafe(_settle, batch, True)
+                except RuntimeError:  # its event loop is closed: nobody waits any more
+                    pass
 
     def _flush(self) -> None:
         # dict.copy() and list.copy() run in C without releasing the GIL: consistent copies.
@@ -69,6 +99,11 @@ class UsageMeter:
             if key[0] < oldest and self._written.get(key) == totals:
                 self._totals.pop(key, None)  # no request records into a minute this old
                 self._written.pop(key, None)
+
+
+def _settle(batch: asyncio.Future, stored: bool) -> None:
+    if not batch.done():  # stored, or timed out, whichever came first
+        batch.set_result(stored)
 
 
 class SummedHistogram:

@@ -47,7 +47,10 @@ class SessionHead:
     Ray's job supervisor ignores RAY_ADDRESS and starts every job's driver on the cluster
     recorded in ``<temp dir>/ray_current_cluster``. In a shared temp dir that is whichever
     head `ray start` ran last, and a fine-tuning job submitted to this head trained on the
-    other session's cluster and died when that session ended (found in the job's log)."""
+    other session's cluster and died when that session ended (found in the job's log).
+
+    Unlike `maas up`'s head it takes the machine's address, not loopback only
+    (maas.cluster.LOOPBACK_ENV): the reliability tests join worker nodes to it."""
 
     def __init__(self, metrics_port: int, log: Path):
         import ray

@@ -65,7 +65,7 @@ def status(config: Path = ConfigArg) -> None:
         err.print("No Ray cluster is running here; start one with `maas up`.")
         raise typer.Exit(1)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        cluster.attach(address, log_to_driver=False, logging_level="ERROR")
     except ConnectionError:
         err.print(f"No Ray cluster answers at {address}; start one with `maas up`.")
         raise typer.Exit(1) from None

@@ -103,8 +103,17 @@ class AccessConfig(StrictModel):
                              description="how often replicas re-read keys and acceptances; a "
                                          "revoked key stops working within this")
     usage_flush_s: float = Field(1.0, gt=0.0, le=60.0,
-                                 description="replicas write usage counts this often: a crash "
-                                             "loses at most this much metering")
+                                 description="replicas write usage counts this often (and "
+                                             "at once for answers that wait for theirs: "
+                                             "usage_durable); a crash loses at most this much "
+                                             "of what did not wait")
+    usage_durable: bool | None = Field(
+        None, description="true: answer a request (200) only once its usage is in the access "
+                          "store (the answers waiting are written together), so a lost node "
+                          "loses no answered request's usage; it costs throughput "
+                          "(bench/RESULTS.md). false: written every usage_flush_s after "
+                          "answering. Unset: true with a PostgreSQL store (several nodes), "
+                          "false with SQLite (one machine)")
     payload_dir: str | None = Field(None, description="payload log folder, for models whose "
                                                       "terms allow it; unset: state_dir/payloads")
     metrics_tenants: bool = Field(

@@ -166,6 +166,21 @@ def _check_quiet_run(run: subprocess.CompletedProcess) -> None:
     assert log.parent.name == "logs" and "Connecting to existing Ray cluster" in log.read_text()
 
 
+def _check_the_network_sees_no_tenant() -> None:
+    """From this machine's own non-loopback address, as another machine would: nothing of
+    `maas up`'s Ray answers (its node stays on loopback: maas.cluster.LOOPBACK_ENV), and what
+    does answer, Serve's HAProxy stats and Prometheus ports (its template binds them to every
+    interface, and Serve has no setting for it), names no tenant, after the demo's traffic."""
+    from tests.exposure import from_the_network, machine_ip, open_to_anyone
+
+    here = machine_ip()
+    assert here, "no non-loopback address on this machine to try from"
+    network = from_the_network(here, tenants=["demo"])
+    assert not any(a.tenant_data for a in network), network
+    assert {a.title for a in open_to_anyone(network)} <= {"haproxy"}, network
+    assert {a.port for a in network if a.title != "haproxy"} == set(), network
+
+
 def _check_one_server_document() -> None:
     """GET /openapi.json lists the model, server and /v1 routes; /docs renders (its script is
     served locally); GET / points to them (HAProxy ingress, as `maas up` runs it)."""
@@ -295,6 +310,7 @@ def test_up_submit_serve_status_down(user_env):
     assert [len(d["embedding"]) for d in answer["data"]] == [384] * len(json.loads(body)["input"])
     _check_chat(demo, key, user_env)
     _check_console(demo, key)
+    _check_the_network_sees_no_tenant()
     cards = json.loads(_run(["maas", "catalog", "--tenant", "demo", "--json"], user_env,
                             timeout=120).stdout)
     assert [c["name"] for c in cards] == ["digits", "digits-cnn", "minilm", "smollm2"]

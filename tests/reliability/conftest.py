@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.nodes import WorkerNode
+
 REPO = Path(__file__).resolve().parents[2]
 MB = 2**20
 
@@ -32,6 +34,13 @@ def serve_rss_mb(app: str) -> dict[str, int]:
 def rss_growth(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     """MB each kind of process grew between two ``serve_rss_mb`` readings."""
     return {kind: after[kind] - mb for kind, mb in before.items()}
+
+
+@pytest.fixture
+def worker_node(serve_port, tmp_path):
+    node = WorkerNode(tmp_path)  # it joins the head's temp dir, and records its cluster there
+    yield node
+    node.kill()
 
 
 @pytest.fixture(scope="session")

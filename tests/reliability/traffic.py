@@ -19,9 +19,10 @@ class Load:
     RETRY_S = 60.0  # more than the proxy restart takes here (24-30 s)
     RETRY_5XX = 2
 
-    def __init__(self, url: str, body: dict, clients: int = 8):
-        self.url, self.body = url, body
+    def __init__(self, url: str, body: dict, clients: int = 8, headers: dict | None = None):
+        self.url, self.body, self.headers = url, body, headers or {}
         self.outcomes: Counter = Counter()
+        self.last: dict[int | str, float] = {}  # outcome -> when it was last seen (monotonic)
         self.retries = 0
         self.retried: Counter = Counter()  # 5xx answers that were retried, by status
         self._stop = threading.Event()
@@ -30,14 +31,17 @@ class Load:
     def _client(self) -> None:
         with requests.Session() as session:
             while not self._stop.is_set():
-                self.outcomes[self._send(session)] += 1
+                outcome = self._send(session)
+                self.outcomes[outcome] += 1
+                self.last[outcome] = time.monotonic()
 
     def _send(self, session: requests.Session) -> int | str:
         give_up = time.monotonic() + self.RETRY_S
         answers_left = self.RETRY_5XX
         while True:
             try:
-                status = session.post(self.url, json=self.body, timeout=30).status_code
+                status = session.post(self.url, json=self.body, headers=self.headers,
+                                      timeout=30).status_code
                 if status < 500 or answers_left == 0 or self._stop.is_set():
                     return status
                 answers_left -= 1

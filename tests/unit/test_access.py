@@ -3,7 +3,9 @@ both backends (``store_url``): a SQLite file and a database on the session's Pos
 server."""
 
 import json
+import os
 import re
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -200,9 +202,12 @@ def test_the_payload_log_appends_by_day_and_deletes_what_is_past_retention(tmp_p
     record = json.loads(path.read_text())
     assert (record["tenant"], record["id"], record["inputs"][0]["data"]) == ("acme", "req-1",
                                                                              [0.5, 1.5])
-    old = tmp_path / "digits" / "2020-01-01.jsonl"
-    old.write_text("{}\n")
-    assert log.prune() == [old] and path.exists()
+    assert path.name.endswith(f".{socket.gethostname()}-{os.getpid()}.jsonl")  # its own file
+    old = [tmp_path / "digits" / "2020-01-01.jsonl",  # as maas wrote it before
+           tmp_path / "digits" / "2020-01-02.other-host-7.jsonl"]
+    for file in old:
+        file.write_text("{}\n")
+    assert sorted(log.prune()) == old and path.exists()
 
 
 def test_agreements_and_catalog_are_config_keys():
@@ -281,3 +286,33 @@ def test_terms_written_by_a_newer_maas_still_read(store):
                                                 terms=json.dumps(terms)))
     agreement = store.agreement("newer")
     assert agreement.terms.license == "MIT" and agreement.terms.data_usage.retention_days == 7
+
+
+def test_a_new_keys_first_concurrent_requests_are_all_admitted(tmp_path, store_url):
+    """20 requests at once with a key the replica has not seen yet: one store read, which
+    all of them wait for (they used to get one 200 and 401s until the next second)."""
+    import asyncio
+
+    from maas.app_args import AccessArgs
+    from serve_apps.gate import AccessGate
+
+    def unreachable(url: str):
+        raise ConnectionError("no Ray in unit tests")
+
+    gate = AccessGate(AccessArgs(state_dir=str(tmp_path), store=store_url, usage_flush_s=60.0),
+                      "m", connect=unreachable)
+    try:
+        key, _ = gate.store.create_key("acme", ["m"])  # after the gate read the keys
+        reads = []
+        read = gate.store.key
+        gate.store.key = lambda key_id: (reads.append(key_id), time.sleep(0.05),
+                                         read(key_id))[2]
+
+        async def burst():
+            headers = {"authorization": f"Bearer {key}"}
+            return await asyncio.gather(*(gate.admit(headers) for _ in range(20)))
+
+        admitted = asyncio.run(burst())
+        assert [a.tenant for a in admitted] == ["acme"] * 20 and len(reads) == 1, reads
+    finally:
+        gate.close()

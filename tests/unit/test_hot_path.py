@@ -290,7 +290,8 @@ def test_the_cluster_environment_and_the_manifests_install_the_middleware():
         text = (cluster / manifest).read_text()
         for variable in ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH",
                          "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_NBTHREAD",
-                         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
+                         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+                         "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"):
             assert variable in text, f"cluster/{manifest} does not set {variable}"
 
 

@@ -115,3 +115,64 @@ def test_two_flushes_at_once_write_each_request_once(store):
         for flusher in flushers:
             flusher.join()
     assert _totals(store) == {("acme", "3", 200): (1000, 1000, 0, 0, 1.0)}
+
+
+def _flusher(meter: UsageMeter, stop: threading.Event) -> threading.Thread:
+    """The gate's background thread, as it runs: a flush whenever an answer waits."""
+
+    def run() -> None:
+        while not stop.is_set():
+            meter.wanted.wait(1.0)
+            meter.wanted.clear()
+            try:
+                meter.flush()
+            except OSError:
+                pass  # kept for the next flush, as the gate does
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_answer_waits_until_its_usage_is_stored(store):
+    """access.usage_durable: each of 50 concurrent requests, once ``stored()`` returns, is
+    already in the usage table; they are written in fewer transactions than requests."""
+    import asyncio
+
+    writes = []
+    add_usage = store.add_usage
+    store.add_usage = lambda counts: (writes.append(len(counts)), add_usage(counts))[1]
+    meter, stop = UsageMeter(store), threading.Event()
+    _flusher(meter, stop)
+
+    async def request(i: int) -> int:
+        await asyncio.sleep(0.001 * (i % 5))
+        meter.record("acme", "k1", "digits", "1", 200, 1, 1.0)
+        assert await meter.stored(5.0)
+        return sum(r.requests for r in store.usage(tenant="acme"))  # seen when answered
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(request(i) for i in range(50)))
+
+    seen = asyncio.run(main())
+    stop.set()
+    meter.wanted.set()
+    assert sum(r.requests for r in store.usage(tenant="acme")) == 50
+    assert all(count >= i + 1 for i, count in enumerate(sorted(seen))), seen
+    assert 1 <= len(writes) < 50, writes
+
+
+def test_an_answer_waits_no_longer_than_its_timeout_when_the_store_is_down(store_url):
+    import asyncio
+
+    class Down(AccessStore):
+        def add_usage(self, counts) -> None:
+            raise OSError("could not connect to server")
+
+    meter, stop = UsageMeter(Down(store_url)), threading.Event()
+    _flusher(meter, stop)
+    meter.record("acme", "k1", "digits", "1", 200, 1, 1.0)
+    assert asyncio.run(meter.stored(0.3)) is False
+    stop.set()
+    meter.wanted.set()
+    assert meter._totals  # still counted, for the flush once the store is back

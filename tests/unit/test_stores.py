@@ -35,9 +35,31 @@ def test_postgresql_and_an_mlflow_server_are_shared(tmp_path):
     assert entry.startswith("tracking.uri") and "its artifacts on" in entry
 
 
+def test_a_payload_log_needs_a_folder_every_node_mounts(tmp_path):
+    logged = {"models": [{"name": "m", "agreement": {
+        "license": "MIT", "allowed_uses": ["x"], "data_usage": {"log_payloads": True}}}]}
+    (entry,) = node_local_stores(parse_config({"state_dir": str(tmp_path), **SHARED, **logged}))
+    assert entry.startswith("access.payload_dir (unset: the payloads of m")
+    shared = SHARED | {"access": SHARED["access"] | {"payload_dir": "/mnt/shared/payloads"}}
+    assert node_local_stores(parse_config({"state_dir": str(tmp_path), **shared,
+                                           **logged})) == []
+
+
 def test_validate_names_the_one_machine_stores(tmp_path):
     path = tmp_path / "deploy.yaml"
     path.write_text(f"state_dir: {tmp_path}\nmodels:\n  - name: m\n")
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "One machine only: access.store" in result.output
+
+
+def test_answers_wait_for_their_usage_where_nodes_share_a_store(tmp_path):
+    """access.usage_durable unset: on with PostgreSQL (several nodes, any of which may be lost
+    on its own), off with SQLite (one machine); set, as set."""
+    from maas.app_args import access_args
+
+    assert access_args(_cfg(tmp_path)).usage_durable is False
+    assert access_args(_cfg(tmp_path, **SHARED)).usage_durable is True
+    off = SHARED | {"access": SHARED["access"] | {"usage_durable": False}}
+    assert access_args(_cfg(tmp_path, **off)).usage_durable is False
+    assert access_args(_cfg(tmp_path, access={"usage_durable": True})).usage_durable is True
