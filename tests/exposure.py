@@ -51,12 +51,34 @@ def machine_ip() -> str | None:
     return None
 
 
+# Serve's inter-deployment service, which every replica serves on all interfaces (Ray binds it
+# to [::] in ray/serve/_private/replica.py, with no setting): it unpickles what it is sent, so
+# it must refuse a caller without the Ray token before that.
+SERVE_GRPC_METHOD = "/ray.serve.ASGIService/HandleRequest"
+
+
 @dataclass(frozen=True)
 class Answer:
     port: int
     title: str
     status: int  # HTTP status of GET /metrics; 0: connected, but no HTTP answer
     tenant_data: bool  # the body names a tenant, or carries a tenant label
+    grpc: str = ""  # a replica's gRPC port: the status of a call without the Ray token
+
+
+def grpc_without_token(ip: str, port: int) -> str:
+    """The status name a gRPC server at ``ip:port`` gives a call without credentials to Serve's
+    replica method (UNAUTHENTICATED: Ray's token interceptor refused it; UNIMPLEMENTED: the
+    server took the call, no auth in front)."""
+    import grpc
+
+    with grpc.insecure_channel(f"{ip}:{port}") as channel:
+        call = channel.unary_unary(SERVE_GRPC_METHOD)
+        try:
+            call(b"", timeout=3)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
 
 
 def from_the_network(ip: str, tenants: list[str]) -> list[Answer]:
@@ -69,17 +91,20 @@ def from_the_network(ip: str, tenants: list[str]) -> list[Answer]:
                 pass
         except OSError:
             continue  # not reachable from the network
-        status, tenant_data = 0, False
+        status, tenant_data, code = 0, False, ""
         try:
             reply = requests.get(f"http://{ip}:{port}/metrics", timeout=3)
             status, text = reply.status_code, reply.text
             tenant_data = 'tenant="' in text or any(f'"{t}"' in text for t in tenants)
-        except requests.RequestException:
-            pass  # gRPC and object-transfer ports speak no HTTP/1.1
-        found.append(Answer(port, title, status, tenant_data))
+        except requests.RequestException:  # gRPC and object-transfer ports: no HTTP/1.1
+            if title.startswith("ray::ServeReplica"):  # where that method is served
+                code = grpc_without_token(ip, port)
+        found.append(Answer(port, title, status, tenant_data, code))
     return found
 
 
 def open_to_anyone(answers: list[Answer]) -> list[Answer]:
-    """What answered a client without credentials (2xx/3xx), or named a tenant."""
-    return [a for a in answers if 200 <= a.status < 400 or a.tenant_data]
+    """What answered a client without credentials (HTTP 2xx/3xx; a gRPC call that got past
+    authentication), or named a tenant."""
+    return [a for a in answers if 200 <= a.status < 400 or a.tenant_data
+            or a.grpc not in ("", "UNAUTHENTICATED")]
