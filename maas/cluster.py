@@ -91,17 +91,23 @@ def _loopback(address: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
+def _stay_on_loopback() -> None:
+    """This process's Ray node address stays 127.0.0.1 (LOOPBACK_ENV's switch). Ray reads the
+    switch from its constants module when it works out the address, and that module may have
+    been imported before the variable could be set."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def attach(address: str, **init_args) -> None:
     """``ray.init(address)``; to a head on a loopback address (`maas up`'s) as a node on
-    loopback too. The driver must report the address the head's raylet registered
-    (127.0.0.1, LOOPBACK_ENV) or it finds no raylet; Ray reads the switch from its constants
-    module when it works out the address, which may have been imported before this ran."""
+    loopback too: the driver must report the address the head's raylet registered
+    (127.0.0.1) or it finds no raylet."""
     import ray
 
     if _loopback(address):
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False
+        _stay_on_loopback()
     ray.init(address=address, **init_args)
 
 
@@ -125,9 +131,7 @@ def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> Connection:
         return Connection("local", local, dashboard_url())
     # Inherited by the embedded head's processes; on loopback like `maas up`'s head.
     os.environ.update(serve_env(cfg) | LOOPBACK_ENV)
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    _stay_on_loopback()
     ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
              include_dashboard=True, dashboard_host=cfg.dashboard_host,
              dashboard_port=cfg.dashboard_port, log_to_driver=log_to_driver)

@@ -50,14 +50,14 @@ def node_local_stores(cfg: DeployConfig) -> list[str]:
     found = []
     if not is_server_database(cfg.access_store):
         found.append(f"access.store ({cfg.access_store})")
-    tracking = _scheme(cfg.tracking_uri)
     if not is_tracking_server(cfg.tracking_uri):
         # A server database still leaves MLflow's artifacts under state_dir on this node.
-        where = "artifacts" if tracking in SERVER_DATABASES else "database and artifacts"
+        where = ("artifacts" if is_server_database(cfg.tracking_uri)
+                 else "database and artifacts")
         found.append(f"tracking.uri ({cfg.tracking_uri}: its {where} on this node's disk)")
-    if cfg.registry.uri and _scheme(cfg.registry.uri) not in (*SERVER_DATABASES,
-                                                             *TRACKING_SERVERS):
-        found.append(f"registry.uri ({cfg.registry.uri})")
+    registry = cfg.registry.uri
+    if registry and not (is_server_database(registry) or is_tracking_server(registry)):
+        found.append(f"registry.uri ({registry})")
     logged = [m.name for m in cfg.models
               if m.agreement is not None and m.agreement.data_usage.log_payloads]
     if cfg.access.enabled and logged and not cfg.access.payload_dir:
@@ -74,8 +74,7 @@ def require_shared_stores(cfg: DeployConfig, machines: int) -> None:
     if machines > 1 and local:
         raise NodeLocalStores(
             f"this Ray cluster spans {machines} machines, but {'; '.join(local)} live on one "
-            "node's "
-            "disk: replicas on the other nodes would each open their own copy (SQLite on a "
+            "node's disk: replicas on the other nodes would each open their own copy (SQLite on a "
             "shared volume is unsafe too: its locks do not hold over network filesystems). Set "
             "access.store to postgresql+psycopg://... and tracking.uri to an MLflow server "
             "started with --serve-artifacts (see cluster/README.md), or run on one node")

@@ -2,7 +2,7 @@
 
 A new store is created from these definitions; a store written by an older release is brought
 up to them by the numbered migrations in ``maas.access.migrations`` (``maas.access.migrate``
-applies them): a change here needs a migration there, and tests/unit/test_access_schema.py
+applies them): a change here needs a migration there, and tests/unit/test_access_migrations.py
 fails when an upgraded store and a new one differ. Columns added after a table first shipped
 are nullable or have a server default, so an older replica still running against an upgraded
 store keeps writing rows without them.

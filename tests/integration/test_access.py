@@ -3,8 +3,6 @@ Retry-After, 429 quota, a rate held across replicas, exact usage, payload loggin
 terms, the catalog, and a store that holds only key hashes."""
 
 import re
-import threading
-import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -19,6 +17,7 @@ from maas.config import DeployConfig, ModelConfig
 from serve_apps.deploy import deploy_model, wait_for_version
 from maas.routes import SERVER_APP, model_app_name, model_route
 from tests.conftest import delete_apps, files_containing, register_versions, until
+from tests.reliability.traffic import paced
 
 pytestmark = pytest.mark.integration
 NAME = "gated"
@@ -155,23 +154,12 @@ def test_a_rate_holds_across_two_replicas(gated):
     app = serve.status().applications[model_app_name(NAME)]
     assert app.deployments[f"model-{NAME}"].replica_states.get("RUNNING") == 2
     key = _key(gated, "steady-co", rate=20.0)
-    results: Counter = Counter()
-    start = time.monotonic() + 0.5
-
-    def client(offset: int) -> None:
-        with requests.Session() as session:
-            for i in range(offset, 600, 6):  # 6 clients, each 10/s on a fixed schedule
-                delay = start + i / 60.0 - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                results[_infer(gated, key, session=session).status_code] += 1
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    took = time.monotonic() - start
+    x = gated["x"][:1]
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.tolist()}]}
+    # 6 clients, each 10/s on a fixed schedule.
+    results, took = paced(f"{gated['base']}/v2/models/{NAME}/infer", body,
+                          {"Authorization": f"Bearer {key}"}, per_s=60, seconds=10)
     assert set(results) <= {200, 429} and sum(results.values()) == 600, results
     # 20/s and 20 more for the burst (4) and the tokens replicas lease ahead; counted per
     # replica it would be twice the rate.

@@ -15,7 +15,6 @@ exports the series of its node's processes). The tests run in file order; the la
 worker node."""
 
 import re
-import threading
 import time
 import uuid
 from collections import Counter
@@ -32,7 +31,7 @@ from maas.registry import Registry
 from serve_apps.deploy import deploy_model, wait_for_version
 from tests.conftest import delete_apps, register_versions, until
 from tests.reliability.nodes import WorkerNode, replica_nodes
-from tests.reliability.traffic import Load
+from tests.reliability.traffic import Load, paced
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres]
 NAME = "shared"
@@ -136,10 +135,6 @@ def per_node(gain: dict, status: int) -> list[int]:
                   for counts in gain.values())
 
 
-def as_versions(counts: Counter) -> Counter:
-    return Counter({(version, status): n for (version, status), n in counts.items()})
-
-
 def test_usage_counted_on_both_nodes_sums_exactly(two, figures):
     headers = two.key("summed-co")
     before = by_node()
@@ -157,37 +152,12 @@ def test_usage_counted_on_both_nodes_sums_exactly(two, figures):
     assert min(per_node(gain, 200)) > 0, gain
 
 
-def _scheduled(two: Two, headers: dict, per_s: float, seconds: float, clients: int = 6
-               ) -> tuple[Counter, float]:
-    """``per_s`` requests a second for ``seconds``, on a fixed schedule over ``clients``
-    threads: (statuses, seconds it took)."""
-    results: Counter = Counter()
-    total = int(per_s * seconds)
-    start = time.monotonic() + 0.5
-
-    def client(offset: int) -> None:
-        with requests.Session() as session:
-            for i in range(offset, total, clients):
-                delay = start + i / per_s - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                reply = session.post(two.url, json=two.body, headers=headers, timeout=30)
-                results[reply.status_code] += 1
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=seconds + 60)
-    return results, time.monotonic() - start
-
-
 def test_a_rate_limit_holds_across_both_nodes(two, figures):
     """10/s offered 30/s for 10 s: about 100 accepted (plus the burst of 10), not 10/s per
     node. The tolerance: a replica leases ~50 ms of the rate ahead (maas.limits)."""
     headers = two.key("paced-co", rate=10.0, burst=10)
     before = by_node()
-    results, took = _scheduled(two, headers, per_s=30, seconds=10)
+    results, took = paced(two.url, two.body, headers, per_s=30, seconds=10)
     gain = gained(before, results)
     allowed = 10 * took + 10
     figures.append({"test": "rate limit on two nodes", "fault": "10/s (burst 10) offered "
@@ -263,7 +233,7 @@ def test_a_promotion_reaches_both_nodes(two, figures):
         assert until(on_two, 60, 0.1)
         moved = time.monotonic() - promoted
         load.until(load.sent + 200)
-    gain = until(lambda: (g := {node: as_versions(c - before.get(node, Counter()))
+    gain = until(lambda: (g := {node: c - before.get(node, Counter())
                                 for node, c in by_node().items()})
                  and all(counts[("2", 200)] > 0 for counts in g.values()) and g, 60, 1.0)
     figures.append(load.row("promote on two nodes", "production 1 -> 2 while 4 clients "

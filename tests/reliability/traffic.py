@@ -91,3 +91,29 @@ class Load:
         deadline = time.monotonic() + timeout_s
         while self.sent < sent and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def paced(url: str, body: dict, headers: dict, per_s: float, seconds: float, clients: int = 6
+          ) -> tuple[Counter, float]:
+    """``per_s`` requests a second for ``seconds``, each sent at its time on a fixed schedule
+    over ``clients`` threads (a rate offered, whatever the answers): (statuses, seconds it
+    took, from the first request's time)."""
+    results: Counter = Counter()
+    total = int(per_s * seconds)
+    start = time.monotonic() + 0.5
+
+    def client(offset: int) -> None:
+        with requests.Session() as session:
+            for i in range(offset, total, clients):
+                delay = start + i / per_s - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # the schedule, not a wait for a condition
+                results[session.post(url, json=body, headers=headers,
+                                     timeout=30).status_code] += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 60)
+    return results, time.monotonic() - start
